@@ -1,0 +1,173 @@
+"""The gateway's settings: one frozen, validated dataclass read from ``GATEWAY_*`` variables.
+
+AWS credentials are not settings: they come from the standard AWS chain (environment, shared
+files, web identity / IRSA, container and instance metadata), resolved by botocore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: S3's largest part.
+MAX_S3_PART_SIZE = 5 * GiB
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+_ADDRESSING_STYLES = ("auto", "path", "virtual")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the gateway cannot run with."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Describes one setting: its variable, help text and parser."""
+
+    env: str
+    help: str
+
+
+def _setting(default: Any, env: str, help: str) -> Any:
+    return field(default=default, metadata={"setting": Setting(env, help)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway can be configured with. Build with :meth:`from_env`."""
+
+    listen_address: str = _setting(
+        "127.0.0.1:50051", "GATEWAY_LISTEN_ADDRESS", "host:port the gRPC server listens on"
+    )
+    s3_endpoint_url: str | None = _setting(
+        None, "GATEWAY_S3_ENDPOINT_URL", "S3 endpoint URL; AWS's regional endpoint when unset"
+    )
+    s3_region: str | None = _setting(
+        None, "GATEWAY_S3_REGION", "AWS region; from the AWS chain (AWS_REGION), else us-east-1"
+    )
+    s3_addressing_style: AddressingStyle = _setting(
+        "auto", "GATEWAY_S3_ADDRESSING_STYLE", "bucket addressing: auto, path or virtual"
+    )
+    s3_verify_tls: bool = _setting(True, "GATEWAY_S3_VERIFY_TLS", "verify S3's TLS certificate")
+    s3_ca_bundle: str | None = _setting(
+        None, "GATEWAY_S3_CA_BUNDLE", "PEM file of CAs to trust for S3's certificate"
+    )
+    s3_max_pool_connections: int = _setting(
+        64, "GATEWAY_S3_MAX_POOL_CONNECTIONS", "HTTP connections to S3 kept in the pool"
+    )
+    s3_connect_timeout: float = _setting(
+        10.0, "GATEWAY_S3_CONNECT_TIMEOUT", "seconds to connect to S3"
+    )
+    s3_read_timeout: float = _setting(
+        120.0, "GATEWAY_S3_READ_TIMEOUT", "seconds to wait for S3's answer"
+    )
+    max_part_size: int = _setting(
+        MAX_S3_PART_SIZE, "GATEWAY_MAX_PART_SIZE", "largest content_length accepted, bytes"
+    )
+    unknown_length_limit: int = _setting(
+        16 * MiB,
+        "GATEWAY_UNKNOWN_LENGTH_LIMIT",
+        "largest part accepted without content_length (buffered), bytes",
+    )
+    max_message_size: int = _setting(
+        4 * MiB + 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE", "largest gRPC message accepted, bytes"
+    )
+    verify_checksums: bool = _setting(
+        True,
+        "GATEWAY_VERIFY_CHECKSUMS",
+        "verify declared checksums in the gateway (turn off only to test the store's own checks)",
+    )
+    embedded_s3: bool = _setting(
+        False, "GATEWAY_EMBEDDED_S3", "start a local S3 (moto) on loopback and serve against it"
+    )
+    embedded_bucket: str = _setting(
+        "gateway-demo", "GATEWAY_EMBEDDED_BUCKET", "bucket created in the embedded S3"
+    )
+    log_level: str = _setting("INFO", "GATEWAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    shutdown_grace: float = _setting(
+        30.0, "GATEWAY_SHUTDOWN_GRACE", "seconds in-flight calls get to finish on shutdown"
+    )
+
+    def __post_init__(self) -> None:
+        _check(":" in self.listen_address, "GATEWAY_LISTEN_ADDRESS must be host:port")
+        _check(
+            self.s3_addressing_style in _ADDRESSING_STYLES,
+            f"GATEWAY_S3_ADDRESSING_STYLE must be one of {', '.join(_ADDRESSING_STYLES)}",
+        )
+        _check(self.s3_max_pool_connections >= 1, "GATEWAY_S3_MAX_POOL_CONNECTIONS must be >= 1")
+        _check(self.s3_connect_timeout > 0, "GATEWAY_S3_CONNECT_TIMEOUT must be > 0")
+        _check(self.s3_read_timeout > 0, "GATEWAY_S3_READ_TIMEOUT must be > 0")
+        _check(
+            0 < self.max_part_size <= MAX_S3_PART_SIZE,
+            f"GATEWAY_MAX_PART_SIZE must be 1..{MAX_S3_PART_SIZE}",
+        )
+        _check(
+            0 <= self.unknown_length_limit <= self.max_part_size,
+            "GATEWAY_UNKNOWN_LENGTH_LIMIT must be 0..GATEWAY_MAX_PART_SIZE",
+        )
+        _check(self.max_message_size >= 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE must be >= 65536")
+        _check(self.log_level in _LOG_LEVELS, f"GATEWAY_LOG_LEVEL must be one of {_LOG_LEVELS}")
+        _check(self.shutdown_grace >= 0, "GATEWAY_SHUTDOWN_GRACE must be >= 0")
+        if self.s3_ca_bundle is not None:
+            _check(os.path.isfile(self.s3_ca_bundle), "GATEWAY_S3_CA_BUNDLE must name a file")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``GATEWAY_*`` variable; ``overrides`` (e.g. CLI flags) win over them."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            setting: Setting = f.metadata["setting"]
+            raw = env.get(setting.env)
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.type, raw, setting.env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting, for --help and the README."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        setting: Setting = f.metadata["setting"]
+        rows.append((setting.env, "" if f.default is None else str(f.default), setting.help))
+    return rows
+
+
+def _parse(type_name: Any, raw: str, env: str) -> Any:
+    parsers: dict[str, Callable[[str], Any]] = {
+        "bool": _parse_bool,
+        "int": int,
+        "float": float,
+    }
+    parser = parsers.get(str(type_name), str)
+    try:
+        return parser(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r} is not a valid {type_name}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

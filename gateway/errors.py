@@ -1,0 +1,336 @@
+"""Errors of the gateway, and the one table mapping S3's answers to gRPC status codes.
+
+Every failure a caller sees is a :class:`GatewayError`. It becomes a ``google.rpc.Status`` with a
+canonical code (never UNKNOWN), exactly one ``ErrorInfo`` and, where a retry can succeed, a
+``RetryInfo``; request validation errors add a ``BadRequest`` naming the field.
+
+The tree:
+
+- :class:`GatewayError` — base; carries code, reason, message, metadata, retry delay.
+  - :class:`InvalidRequest` — INVALID_ARGUMENT, the request itself is malformed (``BadRequest``).
+  - :class:`ChecksumMismatch` — INVALID_ARGUMENT / CHECKSUM_MISMATCH, the bytes are not what the
+    caller declared.
+  - :class:`LengthMismatch` — OUT_OF_RANGE / CONTENT_LENGTH_MISMATCH, more or fewer bytes than
+    declared.
+  - :class:`S3Error` — S3 answered with an error; the code comes from :data:`S3_ERROR_CODES`.
+
+:func:`from_s3_exception` turns whatever aiobotocore raised (an S3 error answer, a connection
+failure, a timeout, missing credentials) into one of these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from botocore import exceptions as boto
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+#: The ErrorInfo domain of every error the gateway returns.
+DOMAIN = "s3-upload-gateway"
+
+_DEFAULT_RETRY_DELAY = 1.0
+
+
+class GatewayError(Exception):
+    """A failure with everything needed to tell the caller what happened and what to do."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
+        violations: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_delay = retry_delay
+        self.violations = list(violations)
+
+    def to_status_proto(self) -> status_pb2.Status:
+        """The google.rpc.Status carried in the ``grpc-status-details-bin`` trailer."""
+        status = status_pb2.Status(code=_rpc_code(self.code), message=self.message)
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+        info.metadata.update(self.metadata)
+        status.details.add().Pack(info)
+        if self.retry_delay is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_delay * 1e9))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in self.violations
+                ]
+            )
+            status.details.add().Pack(bad_request)
+        return status
+
+    def to_grpc_status(self) -> grpc.Status:
+        status: grpc.Status = rpc_status.to_status(self.to_status_proto())
+        return status
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed; nothing was sent to S3."""
+
+    def __init__(self, field: str, description: str, *, reason: str = "INVALID_REQUEST") -> None:
+        super().__init__(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            reason,
+            f"{field}: {description}" if field else description,
+            violations=[(field, description)] if field else (),
+        )
+
+
+class ChecksumMismatch(GatewayError):
+    """The bytes received do not match a checksum the caller declared."""
+
+    def __init__(self, algorithm: str, expected: str, computed: str, where: str = "part") -> None:
+        super().__init__(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CHECKSUM_MISMATCH",
+            f"{algorithm} of the {where} is {computed}, the request declared {expected}; "
+            "nothing was committed",
+            metadata={"algorithm": algorithm, "expected": expected, "computed": computed},
+        )
+
+
+class LengthMismatch(GatewayError):
+    """The stream carried more or fewer bytes than ``content_length``."""
+
+    def __init__(self, expected: int, received: int, *, more: bool) -> None:
+        what = f"more than {expected}" if more else f"{received}"
+        super().__init__(
+            grpc.StatusCode.OUT_OF_RANGE,
+            "CONTENT_LENGTH_MISMATCH",
+            f"content_length is {expected} but the stream carried {what} bytes; "
+            "nothing was committed",
+            metadata={"contentLength": str(expected), "received": str(received)},
+        )
+
+
+class S3Error(GatewayError):
+    """S3 answered with an error code."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one S3 error code reaches the caller."""
+
+    code: grpc.StatusCode
+    retry: bool = False
+
+
+_C = grpc.StatusCode
+_NOT_FOUND = Rule(_C.NOT_FOUND)
+_DENIED = Rule(_C.PERMISSION_DENIED)
+_OPERATOR = Rule(_C.INTERNAL)
+_INVALID = Rule(_C.INVALID_ARGUMENT)
+_PRECONDITION = Rule(_C.FAILED_PRECONDITION)
+_ABORTED = Rule(_C.ABORTED)
+_TRANSIENT = Rule(_C.UNAVAILABLE, retry=True)
+
+#: THE table: S3 error code -> gRPC status. Codes not listed fall back on the HTTP status
+#: (:func:`rule_for`).
+S3_ERROR_CODES: dict[str, Rule] = {
+    # The thing named does not exist.
+    "NoSuchUpload": _NOT_FOUND,
+    "NoSuchBucket": _NOT_FOUND,
+    "NoSuchKey": _NOT_FOUND,
+    "NoSuchVersion": _NOT_FOUND,
+    # S3 refuses the gateway's principal access to the resource.
+    "AccessDenied": _DENIED,
+    "AllAccessDisabled": _DENIED,
+    "AccountProblem": _DENIED,
+    "KMS.AccessDeniedException": _DENIED,
+    "KMS.DisabledException": _DENIED,
+    "KMS.KMSInvalidStateException": _DENIED,
+    "KMS.NotFoundException": _DENIED,
+    # The gateway's own credentials are wrong: an operator problem, never the caller's.
+    "InvalidAccessKeyId": _OPERATOR,
+    "SignatureDoesNotMatch": _OPERATOR,
+    "RequestTimeTooSkewed": _OPERATOR,
+    "ExpiredToken": _OPERATOR,
+    "InvalidToken": _OPERATOR,
+    "TokenRefreshRequired": _OPERATOR,
+    # The caller's request is wrong.
+    "InvalidPartOrder": _INVALID,
+    "EntityTooSmall": _INVALID,
+    "EntityTooLarge": _INVALID,
+    "InvalidDigest": _INVALID,
+    "BadDigest": _INVALID,
+    "InvalidArgument": _INVALID,
+    "InvalidRequest": _INVALID,
+    "InvalidBucketName": _INVALID,
+    "KeyTooLongError": _INVALID,
+    "MetadataTooLarge": _INVALID,
+    "MalformedXML": _INVALID,
+    "InvalidStorageClass": _INVALID,
+    "InvalidEncryptionAlgorithmError": _INVALID,
+    "InvalidTag": _INVALID,
+    "InvalidRange": _INVALID,
+    "MissingContentLength": _INVALID,
+    # The state of the upload or object does not allow the request.
+    "InvalidPart": _PRECONDITION,
+    "PreconditionFailed": _PRECONDITION,
+    "InvalidObjectState": _PRECONDITION,
+    # Lost a race with another writer.
+    "ConditionalRequestConflict": _ABORTED,
+    "OperationAborted": _ABORTED,
+    # The body S3 received was cut short.
+    "IncompleteBody": Rule(_C.OUT_OF_RANGE),
+    # Transient: retry with backoff.
+    "SlowDown": _TRANSIENT,
+    "ServiceUnavailable": _TRANSIENT,
+    "InternalError": _TRANSIENT,
+    "RequestTimeout": _TRANSIENT,
+    "Throttling": _TRANSIENT,
+    "NotImplemented": Rule(_C.UNIMPLEMENTED),
+}
+
+_HTTP_STATUS_RULES: dict[int, Rule] = {
+    400: _INVALID,
+    403: _DENIED,
+    404: _NOT_FOUND,
+    405: Rule(_C.UNIMPLEMENTED),
+    409: _PRECONDITION,
+    411: _INVALID,
+    412: _PRECONDITION,
+    413: _INVALID,
+    416: _INVALID,
+    429: _TRANSIENT,
+    501: Rule(_C.UNIMPLEMENTED),
+}
+
+
+def rule_for(s3_code: str, http_status: int) -> Rule:
+    """The rule for an S3 error code, falling back on the HTTP status for unknown codes."""
+    rule = S3_ERROR_CODES.get(s3_code) or _HTTP_STATUS_RULES.get(http_status)
+    if rule is not None:
+        return rule
+    if http_status >= 500:
+        return _TRANSIENT
+    return _PRECONDITION
+
+
+def reason_for(s3_code: str) -> str:
+    """ErrorInfo reason for an S3 code: ``NoSuchUpload`` -> ``NO_SUCH_UPLOAD``."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", s3_code)
+    if not words or not s3_code[:1].isalpha():
+        return "S3_ERROR"
+    return "_".join(w.upper() for w in words)
+
+
+def s3_error(
+    s3_code: str, message: str, http_status: int, request_id: str, operation: str
+) -> S3Error:
+    """Build the error for an S3 error answer."""
+    rule = rule_for(s3_code, http_status)
+    metadata = {"s3ErrorCode": s3_code, "httpStatus": str(http_status), "operation": operation}
+    if request_id:
+        metadata["s3RequestId"] = request_id
+    text = f"S3 {operation} failed: {s3_code} (HTTP {http_status})"
+    if message:
+        text += f": {message}"
+    return S3Error(
+        rule.code,
+        reason_for(s3_code),
+        text,
+        metadata=metadata,
+        retry_delay=_DEFAULT_RETRY_DELAY if rule.retry else None,
+    )
+
+
+def _request_id(response: Mapping[str, Any]) -> str:
+    meta = response.get("ResponseMetadata") or {}
+    headers = meta.get("HTTPHeaders") or {}
+    return str(
+        meta.get("RequestId")
+        or headers.get("x-amz-request-id")
+        or headers.get("x-amzn-requestid")
+        or ""
+    )
+
+
+def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
+    """Classify anything an S3 call raised."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, boto.ClientError):
+        error = exc.response.get("Error") or {}
+        meta = exc.response.get("ResponseMetadata") or {}
+        http_status = int(meta.get("HTTPStatusCode") or 0)
+        code = str(error.get("Code") or http_status or "Unknown")
+        return s3_error(
+            code, str(error.get("Message") or ""), http_status, _request_id(exc.response), operation
+        )
+    if isinstance(exc, boto.ReadTimeoutError | boto.ConnectTimeoutError | TimeoutError):
+        return GatewayError(
+            _C.DEADLINE_EXCEEDED,
+            "S3_TIMEOUT",
+            f"S3 {operation} timed out: {type(exc).__name__}",
+            metadata={"operation": operation},
+            retry_delay=_DEFAULT_RETRY_DELAY,
+        )
+    if isinstance(
+        exc,
+        boto.EndpointConnectionError | boto.ConnectionClosedError | boto.HTTPClientError | OSError,
+    ):
+        return GatewayError(
+            _C.UNAVAILABLE,
+            "S3_UNREACHABLE",
+            f"S3 {operation} failed to connect or the connection broke: {type(exc).__name__}",
+            metadata={"operation": operation},
+            retry_delay=_DEFAULT_RETRY_DELAY,
+        )
+    if isinstance(
+        exc, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError
+    ):
+        return GatewayError(
+            _C.INTERNAL,
+            "GATEWAY_CREDENTIALS",
+            "the gateway has no usable AWS credentials; the operator must configure them",
+            metadata={"operation": operation},
+        )
+    if isinstance(exc, boto.ParamValidationError):
+        return InvalidRequest("", f"S3 rejected the parameters: {exc}")
+    return GatewayError(
+        _C.INTERNAL,
+        "GATEWAY_ERROR",
+        f"S3 {operation} failed inside the gateway: {type(exc).__name__}",
+        metadata={"operation": operation},
+    )
+
+
+def _rpc_code(code: grpc.StatusCode) -> int:
+    value: int = code.value[0]
+    return value
+
+
+__all__ = [
+    "DOMAIN",
+    "S3_ERROR_CODES",
+    "ChecksumMismatch",
+    "GatewayError",
+    "InvalidRequest",
+    "LengthMismatch",
+    "Rule",
+    "S3Error",
+    "from_s3_exception",
+    "reason_for",
+    "rule_for",
+    "s3_error",
+]

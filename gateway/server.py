@@ -1,0 +1,152 @@
+"""Assembles the gateway: the gRPC server, health and reflection, the S3 client, signals.
+
+:class:`Gateway` owns everything with a lifetime (the optional embedded S3, the shared S3 client,
+the gRPC server) and releases it in reverse order on :meth:`Gateway.stop`. :func:`run` is what
+``s3-upload-gateway serve`` calls: start, wait for SIGTERM/SIGINT, drain, stop; a second signal
+stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.config import Settings
+from gateway.s3 import open_s3
+from gateway.service import UploadService
+from gateway.v1 import upload_service_pb2 as pb
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["UploadService"].full_name
+#: Credentials the gateway uses against its embedded S3 (moto accepts any).
+EMBEDDED_CREDENTIALS = ("embedded", "embedded")
+
+
+class Gateway:
+    """A running gateway. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.s3_endpoint_url = ""
+        self._stack = contextlib.AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def start(self) -> None:
+        settings = self.settings
+        credentials = None
+        try:
+            if settings.embedded_s3:
+                endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
+                settings = settings.replace(s3_endpoint_url=endpoint)
+                credentials = EMBEDDED_CREDENTIALS
+            s3 = await self._stack.enter_async_context(open_s3(settings, credentials))
+            self.s3_endpoint_url = s3.endpoint_url
+            self._server = self._build_server(settings, UploadService(s3, settings))
+            self.port = self._server.add_insecure_port(settings.listen_address)
+            await self._server.start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving gateway.v1.UploadService on %s (port %d), S3 endpoint %s",
+            settings.listen_address,
+            self.port,
+            self.s3_endpoint_url,
+        )
+
+    def _build_server(self, settings: Settings, service: UploadService) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_size),
+                ("grpc.max_send_message_length", settings.max_message_size),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_UploadServiceServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within ``grace``, release everything."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self._stack.aclose()
+
+    async def cancel_calls(self) -> None:
+        """Cancel every in-flight call now (upstream requests are aborted with them)."""
+        if self._server is not None:
+            await self._server.stop(0)
+
+
+@contextlib.contextmanager
+def embedded_s3(bucket: str) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, with ``bucket`` created; yields its URL."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise RuntimeError(
+            "--embedded-s3 needs moto: pip install 's3-upload-gateway[embedded]'"
+        ) from exc
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        if bucket:
+            _create_bucket(url, bucket)
+        log.info("embedded S3 (moto) at %s with bucket %r", url, bucket)
+        yield url
+    finally:
+        server.stop()
+
+
+def _create_bucket(url: str, bucket: str) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/{bucket}", method="PUT")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; a second signal cancels in-flight calls."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    hurry: set[asyncio.Task[None]] = set()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            log.warning("second signal: cancelling in-flight calls")
+            hurry.add(loop.create_task(gateway.cancel_calls()))
+        stopping.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await stopping.wait()
+        log.info("shutting down: in-flight calls get up to %.0f s", settings.shutdown_grace)
+        await gateway.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("stopped")

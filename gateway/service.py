@@ -1,0 +1,289 @@
+"""The UploadService servicer: the gRPC protocol and request validation; S3 work is delegated.
+
+Each handler validates its request completely before the first byte goes to S3, converts it to
+botocore parameters (:mod:`gateway.convert`), makes the call through the shared client
+(:mod:`gateway.s3`), and converts S3's answer back. Every failure leaves as a
+:class:`gateway.errors.GatewayError` turned into a rich ``google.rpc.Status``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gateway import checksums, convert, validate
+from gateway.checksums import Algorithm
+from gateway.config import Settings
+from gateway.errors import GatewayError, InvalidRequest, LengthMismatch
+from gateway.relay import ChecksumPlan, MessageReader, PartBody, read_whole_part, verify_whole_part
+from gateway.s3 import S3
+from gateway.v1 import upload_service_pb2 as pb
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+
+#: Header-bound strings checked for control characters in every request that has them.
+_HEADER_FIELDS = (
+    "expected_bucket_owner",
+    "expected_source_bucket_owner",
+    "cache_control",
+    "content_disposition",
+    "content_encoding",
+    "content_language",
+    "content_type",
+    "website_redirect_location",
+    "grant_full_control",
+    "grant_read",
+    "grant_read_acp",
+    "grant_write_acp",
+    "tagging",
+    "ssekms_key_id",
+    "ssekms_encryption_context",
+    "copy_source",
+    "copy_source_range",
+    "copy_source_if_match",
+    "copy_source_if_none_match",
+    "if_match",
+    "if_none_match",
+)
+
+
+def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turn every exception of a handler into a gRPC status with error details."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Request, context: Context) -> Response:
+        try:
+            return await handler(self, request, context)
+        except GatewayError as exc:
+            error = exc
+        except Exception:
+            log.exception("unexpected failure in %s", handler.__name__)
+            error = GatewayError(
+                grpc.StatusCode.INTERNAL, "GATEWAY_ERROR", "unexpected failure inside the gateway"
+            )
+        log.info(
+            "%s failed: %s %s: %s", handler.__name__, error.code.name, error.reason, error.message
+        )
+        status = error.to_grpc_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    return wrapper
+
+
+class UploadService(pb_grpc.UploadServiceServicer):
+    """Relays the S3 multipart upload API."""
+
+    def __init__(self, s3: S3, settings: Settings) -> None:
+        self._s3 = s3
+        self._settings = settings
+
+    @rpc
+    async def CreateMultipartUpload(
+        self, request: pb.CreateMultipartUploadRequest, context: Context
+    ) -> pb.CreateMultipartUploadResponse:
+        _check_object(request)
+        validate.sse_customer(request)
+        _check_checksum_choice(request.checksum_algorithm, request.checksum_type)
+        for name, value in request.metadata.items():
+            if not name or validate._CONTROL_RE.search(name + value):
+                raise InvalidRequest(
+                    f"metadata[{name!r}]", "must be non-empty text without control characters"
+                )
+        response = await self._s3.call(
+            "CreateMultipartUpload", convert.to_params(request, "CreateMultipartUpload")
+        )
+        return _reply(response, pb.CreateMultipartUploadResponse(), "CreateMultipartUpload")
+
+    @rpc
+    async def UploadPart(
+        self, request_iterator: AsyncIterator[pb.UploadPartRequest], context: Context
+    ) -> pb.UploadPartResponse:
+        header = await _read_header(request_iterator)
+        declared = self._check_part_header(header)
+        plan = ChecksumPlan.for_header(header, declared)
+        if not self._settings.verify_checksums:
+            plan = ChecksumPlan()
+        reader = MessageReader(request_iterator, plan)
+        params = convert.to_params(header, "UploadPart")
+        if header.HasField("content_length") and header.content_length > 0:
+            response = await self._stream_part(reader, plan, params, header.content_length)
+        else:
+            response = await self._buffered_part(reader, plan, params, header)
+        return _reply(response, pb.UploadPartResponse(), "UploadPart")
+
+    def _check_part_header(self, header: pb.UploadPartHeader) -> dict[Algorithm, bytes]:
+        _check_object(header)
+        validate.upload_id(header.upload_id)
+        validate.part_number(header.part_number)
+        if header.HasField("content_length"):
+            validate.content_length(header.content_length, self._settings.max_part_size)
+        if header.checksum_algorithm and header.checksum_algorithm not in checksums.BY_PROTO:
+            raise InvalidRequest("checksum_algorithm", "is not a known algorithm")
+        validate.sse_customer(header)
+        return validate.declared_checksums(header)
+
+    async def _stream_part(
+        self, reader: MessageReader, plan: ChecksumPlan, params: dict[str, Any], length: int
+    ) -> dict[str, Any]:
+        body = PartBody(reader, plan, length)
+        announced = checksums.BY_NAME.get(params.get("ChecksumAlgorithm", ""))
+        if announced is not None and announced.s3_member not in params and not self._s3.uses_tls:
+            # The value is known only at the end; over plain HTTP botocore cannot send it as an
+            # aws-chunked trailer, so the gateway verifies it but S3 does not store it.
+            del params["ChecksumAlgorithm"]
+        params.update(Body=body, ContentLength=length)
+        try:
+            response = await self._s3.call("UploadPart", params)
+        except GatewayError:
+            if body.failure is not None:
+                raise body.failure from None
+            raise
+        if body.received != length:
+            raise LengthMismatch(length, body.received, more=body.received > length)
+        return response
+
+    async def _buffered_part(
+        self,
+        reader: MessageReader,
+        plan: ChecksumPlan,
+        params: dict[str, Any],
+        header: pb.UploadPartHeader,
+    ) -> dict[str, Any]:
+        if header.HasField("content_length"):
+            data = await read_whole_part(reader, 0)
+        else:
+            data = await read_whole_part(reader, self._settings.unknown_length_limit)
+        digests = verify_whole_part(data, plan)
+        if plan.announced is not None and plan.announced.s3_member not in params:
+            params[plan.announced.s3_member] = checksums.encode(digests[plan.announced])
+        params.update(Body=data, ContentLength=len(data))
+        return await self._s3.call("UploadPart", params)
+
+    @rpc
+    async def UploadPartCopy(
+        self, request: pb.UploadPartCopyRequest, context: Context
+    ) -> pb.UploadPartCopyResponse:
+        _check_object(request)
+        validate.upload_id(request.upload_id)
+        validate.part_number(request.part_number)
+        if not request.copy_source:
+            raise InvalidRequest("copy_source", "is required")
+        validate.sse_customer(request)
+        validate.sse_customer(request, prefix="copy_source_")
+        response = await self._s3.call(
+            "UploadPartCopy", convert.to_params(request, "UploadPartCopy")
+        )
+        return _reply(response, pb.UploadPartCopyResponse(), "UploadPartCopy")
+
+    @rpc
+    async def CompleteMultipartUpload(
+        self, request: pb.CompleteMultipartUploadRequest, context: Context
+    ) -> pb.CompleteMultipartUploadResponse:
+        _check_object(request)
+        validate.upload_id(request.upload_id)
+        if not request.parts:
+            raise InvalidRequest("parts", "at least one part is required")
+        for index, part in enumerate(request.parts):
+            validate.part_number(part.part_number, f"parts[{index}].part_number")
+            if not part.etag:
+                raise InvalidRequest(f"parts[{index}].etag", "is required")
+            validate.declared_checksums(part, prefix=f"parts[{index}].")
+        validate.declared_checksums(request)
+        validate.sse_customer(request)
+        if request.HasField("mpu_object_size") and request.mpu_object_size < 0:
+            raise InvalidRequest("mpu_object_size", "must not be negative")
+        response = await self._s3.call(
+            "CompleteMultipartUpload", convert.to_params(request, "CompleteMultipartUpload")
+        )
+        return _reply(response, pb.CompleteMultipartUploadResponse(), "CompleteMultipartUpload")
+
+    @rpc
+    async def AbortMultipartUpload(
+        self, request: pb.AbortMultipartUploadRequest, context: Context
+    ) -> pb.AbortMultipartUploadResponse:
+        _check_object(request)
+        validate.upload_id(request.upload_id)
+        response = await self._s3.call(
+            "AbortMultipartUpload", convert.to_params(request, "AbortMultipartUpload")
+        )
+        return _reply(response, pb.AbortMultipartUploadResponse(), "AbortMultipartUpload")
+
+    @rpc
+    async def ListParts(
+        self, request: pb.ListPartsRequest, context: Context
+    ) -> pb.ListPartsResponse:
+        _check_object(request)
+        validate.upload_id(request.upload_id)
+        validate.page_size(request.max_parts, "max_parts")
+        if request.part_number_marker and not request.part_number_marker.isdigit():
+            raise InvalidRequest("part_number_marker", "must be a part number")
+        validate.sse_customer(request)
+        response = await self._s3.call("ListParts", convert.to_params(request, "ListParts"))
+        return _reply(response, pb.ListPartsResponse(), "ListParts")
+
+    @rpc
+    async def ListMultipartUploads(
+        self, request: pb.ListMultipartUploadsRequest, context: Context
+    ) -> pb.ListMultipartUploadsResponse:
+        validate.bucket(request.bucket)
+        validate.page_size(request.max_uploads, "max_uploads")
+        _check_common(request, "ListMultipartUploads")
+        response = await self._s3.call(
+            "ListMultipartUploads", convert.to_params(request, "ListMultipartUploads")
+        )
+        return _reply(response, pb.ListMultipartUploadsResponse(), "ListMultipartUploads")
+
+
+async def _read_header(messages: AsyncIterator[pb.UploadPartRequest]) -> pb.UploadPartHeader:
+    first = await anext(messages, None)
+    if first is None:
+        raise InvalidRequest("header", "the stream is empty; the first message must be a header")
+    if first.WhichOneof("message") != "header":
+        raise InvalidRequest("header", "the first message must be a header")
+    return first.header
+
+
+def _check_object(request: Any) -> None:
+    """Checks shared by every request naming a bucket and a key."""
+    validate.bucket(request.bucket)
+    validate.key(request.key)
+    _check_common(
+        request, type(request).DESCRIPTOR.name.removesuffix("Request").removesuffix("Header")
+    )
+    if validate.is_directory_bucket(request.bucket):
+        validate.directory_bucket_rules(request)
+
+
+def _check_common(request: Any, operation: str) -> None:
+    fields = request.DESCRIPTOR.fields_by_name
+    validate.no_control_characters(request, *(f for f in _HEADER_FIELDS if f in fields))
+    validate.vocabulary(request, operation)
+
+
+def _check_checksum_choice(algorithm: int, checksum_type: int) -> None:
+    if algorithm and algorithm not in checksums.BY_PROTO:
+        raise InvalidRequest("checksum_algorithm", "is not a known algorithm")
+    if checksum_type and checksum_type not in pb.ChecksumType.values():
+        raise InvalidRequest("checksum_type", "is not a known checksum type")
+    if checksum_type == pb.CHECKSUM_TYPE_FULL_OBJECT:
+        chosen = checksums.BY_PROTO.get(algorithm)
+        if chosen is None or chosen not in checksums.FULL_OBJECT_CAPABLE:
+            raise InvalidRequest(
+                "checksum_type", "FULL_OBJECT needs checksum_algorithm CRC32, CRC32C or CRC64NVME"
+            )
+
+
+def _reply(response: dict[str, Any], message: Response, operation: str) -> Response:
+    convert.from_response(response, message, operation)  # type: ignore[arg-type]
+    return message

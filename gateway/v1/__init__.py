@@ -1,0 +1,1 @@
+"""Generated code for the gateway.v1 protobuf package (see scripts/gen_protos.py)."""
