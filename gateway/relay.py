@@ -210,10 +210,13 @@ class PartBody:
         self._finished = True
 
 
-async def read_whole_part(reader: MessageReader, limit: int) -> bytes:
-    """Buffer a part sent without content_length, refusing more than ``limit`` bytes."""
+async def read_whole_part(reader: MessageReader, limit: int, declared: int | None) -> bytes:
+    """Buffer a small part: one sent without content_length (at most ``limit`` bytes), or one
+    whose declared length is zero."""
     buffer = bytearray()
     while (chunk := await reader.next_data()) is not None:
+        if declared is not None and len(buffer) + len(chunk) > declared:
+            raise LengthMismatch(declared, len(buffer) + len(chunk), more=True)
         if len(buffer) + len(chunk) > limit:
             raise InvalidRequest(
                 "content_length",

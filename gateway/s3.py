@@ -46,6 +46,11 @@ class S3:
         self.endpoint_url = endpoint_url
 
     @property
+    def events(self) -> Any:
+        """botocore's event system of the client (hooks for metrics and tests)."""
+        return self._client.meta.events
+
+    @property
     def uses_tls(self) -> bool:
         return urlparse(self.endpoint_url).scheme == "https"
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.config import Settings
-from gateway.s3 import open_s3
+from gateway.s3 import S3, open_s3
 from gateway.service import UploadService
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
@@ -38,6 +38,7 @@ class Gateway:
         self.settings = settings
         self.port = 0
         self.s3_endpoint_url = ""
+        self.s3: S3 | None = None
         self._stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -50,7 +51,7 @@ class Gateway:
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
                 settings = settings.replace(s3_endpoint_url=endpoint)
                 credentials = EMBEDDED_CREDENTIALS
-            s3 = await self._stack.enter_async_context(open_s3(settings, credentials))
+            s3 = self.s3 = await self._stack.enter_async_context(open_s3(settings, credentials))
             self.s3_endpoint_url = s3.endpoint_url
             self._server = self._build_server(settings, UploadService(s3, settings))
             self.port = self._server.add_insecure_port(settings.listen_address)

@@ -160,10 +160,8 @@ class UploadService(pb_grpc.UploadServiceServicer):
         params: dict[str, Any],
         header: pb.UploadPartHeader,
     ) -> dict[str, Any]:
-        if header.HasField("content_length"):
-            data = await read_whole_part(reader, 0)
-        else:
-            data = await read_whole_part(reader, self._settings.unknown_length_limit)
+        declared = header.content_length if header.HasField("content_length") else None
+        data = await read_whole_part(reader, self._settings.unknown_length_limit, declared)
         digests = verify_whole_part(data, plan)
         if plan.announced is not None and plan.announced.s3_member not in params:
             params[plan.announced.s3_member] = checksums.encode(digests[plan.announced])

@@ -1,0 +1,173 @@
+"""Test helpers: a gateway in its own thread, stream builders, error-detail readers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.config import Settings
+from gateway.errors import DOMAIN
+from gateway.server import Gateway
+from gateway.v1 import upload_service_pb2 as pb
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+
+class GatewayThread:
+    """Runs a :class:`Gateway` on an event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.gateway = Gateway(settings)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the gateway's loop and wait for its result."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def __enter__(self) -> GatewayThread:
+        self._thread.start()
+        self.run(self.gateway.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self.gateway.stop(grace=1))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+    def call_tasks(self) -> set[asyncio.Task[Any]]:
+        """Tasks alive on the gateway's loop besides grpc's own accept loops: RPC handlers and
+        anything they started."""
+
+        async def others() -> set[asyncio.Task[Any]]:
+            me = asyncio.current_task()
+            return {
+                t
+                for t in asyncio.all_tasks()
+                if t is not me and t.get_coro().__qualname__ not in _GRPC_SERVER_LOOPS  # type: ignore[union-attr]
+            }
+
+        return self.run(others())
+
+
+#: The coroutines grpc.aio's server runs for itself, waiting for calls.
+_GRPC_SERVER_LOOPS = {
+    "AioServer._request_call",
+    "AioServer._request_registered_call",
+    "AioServer._server_main_loop",
+}
+
+
+class S3Reader:
+    """Reads what S3 stored, straight from the store (not through the gateway)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def parts(self, bucket: str, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
+        response = self.client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id)
+        return {p["PartNumber"]: p for p in response.get("Parts", [])}
+
+    def read(self, bucket: str, key: str, **extra: Any) -> bytes:
+        body: bytes = self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
+        return body
+
+    def uploads(self, bucket: str) -> list[str]:
+        response = self.client.list_multipart_uploads(Bucket=bucket)
+        return [u["UploadId"] for u in response.get("Uploads", [])]
+
+
+def header_message(**fields: Any) -> pb.UploadPartRequest:
+    return pb.UploadPartRequest(header=pb.UploadPartHeader(**fields))
+
+
+def data_message(content: bytes, crc32c: int | None = None) -> pb.UploadPartRequest:
+    data = pb.ChecksummedData(content=content)
+    if crc32c is not None:
+        data.crc32c = crc32c
+    return pb.UploadPartRequest(data=data)
+
+
+def trailer_message(**fields: str) -> pb.UploadPartRequest:
+    return pb.UploadPartRequest(trailer=pb.UploadPartTrailer(**fields))
+
+
+def chunks(data: bytes, size: int = MiB) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+async def stream(messages: Iterable[pb.UploadPartRequest]) -> AsyncIterator[pb.UploadPartRequest]:
+    for message in messages:
+        yield message
+
+
+def part_stream(
+    header: pb.UploadPartHeader | dict[str, Any],
+    data: bytes,
+    *,
+    chunk_size: int = MiB,
+    trailer: dict[str, str] | None = None,
+) -> AsyncIterator[pb.UploadPartRequest]:
+    """A complete UploadPart stream: header, data in chunks, optional trailer."""
+    first = (
+        pb.UploadPartRequest(header=header)
+        if isinstance(header, pb.UploadPartHeader)
+        else header_message(**header)
+    )
+    messages = [first, *(data_message(c) for c in chunks(data, chunk_size) if c)]
+    if trailer is not None:
+        messages.append(trailer_message(**trailer))
+    return stream(messages)
+
+
+def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status()
+            status.ParseFromString(value)  # type: ignore[arg-type]
+            return status
+    raise AssertionError(f"no google.rpc.Status in the error: {error!r}")
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The one ErrorInfo of an error (asserting there is exactly one, in our domain)."""
+    infos = []
+    for detail in status_details(error).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1, infos
+    assert infos[0].domain == DOMAIN
+    return infos[0]
+
+
+def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
+    for detail in status_details(error).details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
+    for detail in status_details(error).details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            return [v.field for v in bad.field_violations]
+    return []
