@@ -56,7 +56,8 @@ class _XXHash:
         self._state = state
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._state.update(data)
+        # awscrt's binding takes bytes, not buffer views.
+        self._state.update(bytes(data) if isinstance(data, memoryview) else data)
 
     def digest(self) -> bytes:
         return bytes(self._state.finalize())

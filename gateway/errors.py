@@ -228,7 +228,7 @@ def rule_for(s3_code: str, http_status: int) -> Rule:
 
 def reason_for(s3_code: str) -> str:
     """ErrorInfo reason for an S3 code: ``NoSuchUpload`` -> ``NO_SUCH_UPLOAD``."""
-    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", s3_code)
+    words = re.findall(r"[A-Z]+\d*(?![a-z])|[A-Z]?[a-z]+\d*|\d+", s3_code)
     if not words or not s3_code[:1].isalpha():
         return "S3_ERROR"
     return "_".join(w.upper() for w in words)

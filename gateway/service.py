@@ -224,7 +224,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         _check_object(request)
         validate.upload_id(request.upload_id)
         validate.page_size(request.max_parts, "max_parts")
-        if request.part_number_marker and not request.part_number_marker.isdigit():
+        if not 0 <= request.part_number_marker <= validate.MAX_PART_NUMBER:
             raise InvalidRequest("part_number_marker", "must be a part number")
         validate.sse_customer(request)
         response = await self._s3.call("ListParts", convert.to_params(request, "ListParts"))

@@ -1436,7 +1436,7 @@ class ListPartsRequest(_message.Message):
     """Required. The upload id."""
     max_parts: _builtins.int
     """The most parts to return, 1 to 1000 (S3's default when 0)."""
-    part_number_marker: _builtins.str
+    part_number_marker: _builtins.int
     """Return parts after this part number; pass the previous page's `next_part_number_marker`."""
     request_payer: _builtins.str
     """"requester" to accept charges on a Requester Pays bucket."""
@@ -1455,7 +1455,7 @@ class ListPartsRequest(_message.Message):
         key: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         max_parts: _builtins.int = ...,
-        part_number_marker: _builtins.str = ...,
+        part_number_marker: _builtins.int = ...,
         request_payer: _builtins.str = ...,
         expected_bucket_owner: _builtins.str = ...,
         sse_customer_algorithm: _builtins.str = ...,
@@ -1500,9 +1500,9 @@ class ListPartsResponse(_message.Message):
     """The object key."""
     upload_id: _builtins.str
     """The upload id."""
-    part_number_marker: _builtins.str
-    """The marker this page started after."""
-    next_part_number_marker: _builtins.str
+    part_number_marker: _builtins.int
+    """The part number this page started after."""
+    next_part_number_marker: _builtins.int
     """Pass as `part_number_marker` to get the next page when `is_truncated`."""
     max_parts: _builtins.int
     """The page size S3 used."""
@@ -1540,8 +1540,8 @@ class ListPartsResponse(_message.Message):
         bucket: _builtins.str = ...,
         key: _builtins.str = ...,
         upload_id: _builtins.str = ...,
-        part_number_marker: _builtins.str = ...,
-        next_part_number_marker: _builtins.str = ...,
+        part_number_marker: _builtins.int = ...,
+        next_part_number_marker: _builtins.int = ...,
         max_parts: _builtins.int = ...,
         is_truncated: _builtins.bool = ...,
         parts: _abc.Iterable[Global___Part] | None = ...,
