@@ -18,6 +18,7 @@ GiB = 1024 * MiB
 MAX_S3_PART_SIZE = 5 * GiB
 
 AddressingStyle = Literal["auto", "path", "virtual"]
+EmbeddedS3 = Literal["auto", "on", "off"]
 _ADDRESSING_STYLES = ("auto", "path", "virtual")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -83,8 +84,11 @@ class Settings:
         "GATEWAY_VERIFY_CHECKSUMS",
         "verify declared checksums in the gateway (turn off only to test the store's own checks)",
     )
-    embedded_s3: bool = _setting(
-        False, "GATEWAY_EMBEDDED_S3", "start a local S3 (moto) on loopback and serve against it"
+    embedded_s3: EmbeddedS3 = _setting(
+        "auto",
+        "GATEWAY_EMBEDDED_S3",
+        "on: serve against a local in-memory S3 (moto) on loopback; auto: do so only when no "
+        "S3 endpoint and no AWS credentials are configured and the gateway listens on loopback",
     )
     embedded_bucket: str = _setting(
         "gateway-demo", "GATEWAY_EMBEDDED_BUCKET", "bucket created in the embedded S3"
@@ -112,6 +116,9 @@ class Settings:
             "GATEWAY_UNKNOWN_LENGTH_LIMIT must be 0..GATEWAY_MAX_PART_SIZE",
         )
         _check(self.max_message_size >= 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE must be >= 65536")
+        _check(
+            self.embedded_s3 in ("auto", "on", "off"), "GATEWAY_EMBEDDED_S3 must be auto, on or off"
+        )
         _check(self.log_level in _LOG_LEVELS, f"GATEWAY_LOG_LEVEL must be one of {_LOG_LEVELS}")
         _check(self.shutdown_grace >= 0, "GATEWAY_SHUTDOWN_GRACE must be >= 0")
         if self.s3_ca_bundle is not None:
@@ -149,6 +156,7 @@ def describe() -> list[tuple[str, str, str]]:
 def _parse(type_name: Any, raw: str, env: str) -> Any:
     parsers: dict[str, Callable[[str], Any]] = {
         "bool": _parse_bool,
+        "EmbeddedS3": _parse_switch,
         "int": int,
         "float": float,
     }
@@ -166,6 +174,18 @@ def _parse_bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+def _parse_switch(raw: str) -> str:
+    """auto, or a boolean spelled any way _parse_bool accepts, as on/off."""
+    if raw.lower() == "auto":
+        return "auto"
+    return "on" if _parse_bool(raw) else "off"
+
+
+def listens_on_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _check(ok: bool, message: str) -> None:

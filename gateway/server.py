@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 from collections.abc import Iterator
 
 import grpc
+from aiobotocore.session import get_session
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.config import Settings
+from gateway.config import Settings, listens_on_loopback
 from gateway.s3 import S3, open_s3
 from gateway.service import UploadService
 from gateway.v1 import upload_service_pb2 as pb
@@ -47,7 +49,7 @@ class Gateway:
         settings = self.settings
         credentials = None
         try:
-            if settings.embedded_s3:
+            if await _wants_embedded_s3(settings):
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
                 settings = settings.replace(s3_endpoint_url=endpoint)
                 credentials = EMBEDDED_CREDENTIALS
@@ -94,6 +96,22 @@ class Gateway:
         """Cancel every in-flight call now (upstream requests are aborted with them)."""
         if self._server is not None:
             await self._server.stop(0)
+
+
+async def _wants_embedded_s3(settings: Settings) -> bool:
+    if settings.embedded_s3 != "auto":
+        return settings.embedded_s3 == "on"
+    if settings.s3_endpoint_url or not listens_on_loopback(settings.listen_address):
+        return False
+    if importlib.util.find_spec("moto") is None:
+        return False
+    if await get_session().get_credentials() is not None:
+        return False
+    log.warning(
+        "no S3 endpoint and no AWS credentials configured: serving against an embedded, "
+        "in-memory S3 on loopback (GATEWAY_EMBEDDED_S3=off to refuse)"
+    )
+    return True
 
 
 @contextlib.contextmanager
