@@ -147,7 +147,6 @@ def _create_bucket(url: str, bucket: str) -> None:
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain; a second signal cancels in-flight calls."""
     gateway = Gateway(settings)
-    await gateway.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     hurry: set[asyncio.Task[None]] = set()
@@ -162,6 +161,7 @@ async def run(settings: Settings) -> None:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     try:
+        await gateway.start()
         await stopping.wait()
         log.info("shutting down: in-flight calls get up to %.0f s", settings.shutdown_grace)
         await gateway.stop()

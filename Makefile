@@ -1,0 +1,35 @@
+# Developer entry points. Each target creates the virtual environment on first use.
+#   make run    the gateway on 127.0.0.1:50051 with an embedded local S3
+#   make test   every check CI runs: generated-code drift, lint, types, the test suite
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck protos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/s3-upload-gateway serve --embedded-s3
+
+test: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy gateway
+	$(BIN)/python -m pytest
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.relay
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
