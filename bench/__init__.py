@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway (run from the repository root: ``python -m bench.relay``)."""

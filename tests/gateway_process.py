@@ -1,0 +1,96 @@
+"""A gateway running as a separate process (``python -m gateway serve``), for tests that measure
+the process itself (memory) or its life cycle (signals)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_READY = re.compile(r"serving gateway\.v1\.UploadService on \S+ \(port (\d+)\)")
+
+
+class GatewayProcess:
+    def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def status(self, field: str) -> int:
+        """A size from /proc/PID/status, in bytes (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def reset_peak_rss(self) -> None:
+        """Make VmHWM restart from the current RSS (Linux clear_refs)."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+
+@contextmanager
+def gateway_process(
+    *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> Iterator[GatewayProcess]:
+    """Start ``s3-upload-gateway serve ARGS`` on a free loopback port; SIGTERM it at the end.
+
+    ``env`` adds variables to this process's environment; ``unset`` removes some."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset} | (env or {})
+    command = [sys.executable, "-m", "gateway", "serve", "--listen-address", "127.0.0.1:0", *args]
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    log: list[str] = []
+    try:
+        port = _wait_for_port(process, log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+        raise
+    reader = threading.Thread(target=_drain, args=(process, log), daemon=True)
+    reader.start()
+    try:
+        yield GatewayProcess(process, port, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(5)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _wait_for_port(process: subprocess.Popen[str], log: list[str]) -> int:
+    assert process.stderr is not None
+    for line in process.stderr:
+        log.append(line)
+        if match := _READY.search(line):
+            return int(match.group(1))
+    process.wait()
+    raise RuntimeError(f"gateway exited with {process.returncode}:\n{''.join(log)}")
+
+
+def _drain(process: subprocess.Popen[str], log: list[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        log.append(line)
