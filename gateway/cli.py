@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__, s3api_cli
+from gateway import __version__, logs, s3api_cli
 from gateway.config import ConfigError, Settings
 
 #: Exit code for a configuration the gateway cannot start with.
@@ -77,11 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"s3-upload-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level)
     from gateway.server import run
 
     try:

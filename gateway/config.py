@@ -62,6 +62,12 @@ class Settings:
     s3_max_pool_connections: int = _setting(
         64, "GATEWAY_S3_MAX_POOL_CONNECTIONS", "HTTP connections to S3 kept in the pool"
     )
+    s3_trailing_checksums: bool = _setting(
+        True,
+        "GATEWAY_S3_TRAILING_CHECKSUMS",
+        "over https, send S3 checksum values known only at the end as an aws-chunked trailer "
+        "(off for stores without trailer support, such as Ceph RGW 16)",
+    )
     s3_connect_timeout: float = _setting(
         10.0, "GATEWAY_S3_CONNECT_TIMEOUT", "seconds to connect to S3"
     )

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.config import Settings, listens_on_loopback
+from gateway.logs import cap_header_loggers
 from gateway.s3 import S3, open_s3
 from gateway.service import UploadService
 from gateway.v1 import upload_service_pb2 as pb
@@ -34,10 +35,15 @@ EMBEDDED_CREDENTIALS = ("embedded", "embedded")
 
 
 class Gateway:
-    """A running gateway. ``await start()``, then ``await stop()``."""
+    """A running gateway. ``await start()``, then ``await stop()``.
 
-    def __init__(self, settings: Settings) -> None:
+    AWS credentials come from the standard chain unless ``credentials`` (access key id, secret
+    key) are given: the embedded S3 uses fixed ones, and tests use a store's own.
+    """
+
+    def __init__(self, settings: Settings, credentials: tuple[str, str] | None = None) -> None:
         self.settings = settings
+        self._credentials = credentials
         self.port = 0
         self.s3_endpoint_url = ""
         self.s3: S3 | None = None
@@ -47,7 +53,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
-        credentials = None
+        credentials = self._credentials
+        cap_header_loggers()
         try:
             if await _wants_embedded_s3(settings):
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))

@@ -87,6 +87,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     def __init__(self, s3: S3, settings: Settings) -> None:
         self._s3 = s3
         self._settings = settings
+        self._trailer_ok = s3.uses_tls and settings.s3_trailing_checksums
 
     @rpc
     async def CreateMultipartUpload(
@@ -138,9 +139,9 @@ class UploadService(pb_grpc.UploadServiceServicer):
     ) -> dict[str, Any]:
         body = PartBody(reader, plan, length)
         announced = checksums.BY_NAME.get(params.get("ChecksumAlgorithm", ""))
-        if announced is not None and announced.s3_member not in params and not self._s3.uses_tls:
-            # The value is known only at the end; over plain HTTP botocore cannot send it as an
-            # aws-chunked trailer, so the gateway verifies it but S3 does not store it.
+        if announced is not None and announced.s3_member not in params and not self._trailer_ok:
+            # The value is known only at the end and cannot travel as an aws-chunked trailer
+            # (plain HTTP, or a store without trailers): the gateway verifies it, S3 cannot.
             del params["ChecksumAlgorithm"]
         params.update(Body=body, ContentLength=length)
         try:

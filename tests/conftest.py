@@ -1,4 +1,9 @@
-"""Shared fixtures: a real moto S3 server over HTTP and real gateways on free ports.
+"""Shared fixtures: real S3 servers over HTTP and real gateways on free ports.
+
+The integration suite runs against every backend (``backend`` is parametrized): moto's S3 server,
+fast and permissive, and a one-node Ceph RADOS Gateway, a real S3 implementation that enforces
+signatures, Content-MD5 and SSE-C (tests/backends/rgw.py). Without apt the RGW half is skipped
+loudly; in CI (``CI=true``) a missing RGW is a failure.
 
 The gateway under test runs in a thread of its own with its own event loop, exactly as it runs in
 production, so tests (async or not) and subprocesses reach it only through its socket.
@@ -7,18 +12,27 @@ production, so tests (async or not) and subprocesses reach it only through its s
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import boto3
 import grpc
 import pytest
+from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from gateway.config import Settings
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from tests.backends import rgw as rgw_backend
 from tests.helpers import GatewayThread, S3Reader
+
+BACKENDS = ("moto", "rgw")
+RGW_CACHE = Path(os.environ.get("RGW_CACHE", Path(__file__).parent.parent / ".cache" / "rgw"))
 
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -31,9 +45,60 @@ _AWS_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class Backend:
+    """An S3 server the gateway relays to."""
+
+    name: str
+    endpoint: str
+    credentials: tuple[str, str]
+    ca_bundle: str | None = None
+
+    def settings(self, **changes: Any) -> Settings:
+        return Settings(
+            listen_address="127.0.0.1:0",
+            s3_endpoint_url=self.endpoint,
+            s3_ca_bundle=self.ca_bundle,
+            s3_addressing_style="path",
+        ).replace(**changes)
+
+    def client(self) -> Any:
+        """A boto3 client straight to the store, to set up and to read back."""
+        key_id, secret = self.credentials
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            verify=self.ca_bundle or True,
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect backend-parametrized tests whose ``backends`` marker excludes the backend."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec else None
+        if marker and backend and backend not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _aws_environment() -> Iterator[None]:
-    """No real AWS configuration ever leaks into a test; dummy credentials for the local stores."""
+    """No real AWS configuration ever leaks into a test; dummy credentials for moto."""
     saved = dict(os.environ)
     for name in list(os.environ):
         if name.startswith(("AWS_", "GATEWAY_")):
@@ -54,29 +119,44 @@ def moto_endpoint(_aws_environment: None) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway_settings(moto_endpoint: str) -> Settings:
-    return Settings(listen_address="127.0.0.1:0", s3_endpoint_url=moto_endpoint)
+def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rgw_backend.RgwServer]:
+    """A one-node Ceph RGW, provisioned from Debian's packages into RGW_CACHE on first use."""
+    if shutil.which("apt-get") is None or not rgw_backend.SYSTEM_PYTHON.is_file():
+        message = (
+            "Ceph RGW backend unavailable (needs apt-get and Debian's python3): RGW TESTS SKIPPED"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with rgw_backend.rgw_server(RGW_CACHE, tmp_path_factory.mktemp("rgw")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, _aws_environment: None) -> Backend:
+    if request.param == "moto":
+        endpoint = request.getfixturevalue("moto_endpoint")
+        return Backend("moto", endpoint, ("testing", "testing"))
+    server: rgw_backend.RgwServer = request.getfixturevalue("rgw")
+    return Backend(
+        "rgw", server.http_endpoint, (server.access_key, server.secret_key), str(server.ca_bundle)
+    )
 
 
 @pytest.fixture(scope="session")
-def gateway(gateway_settings: Settings) -> Iterator[GatewayThread]:
-    with GatewayThread(gateway_settings) as running:
+def gateway(backend: Backend) -> Iterator[GatewayThread]:
+    with GatewayThread(backend.settings(), backend.credentials) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
-def gateway_address(gateway: GatewayThread) -> str:
-    return gateway.address
-
-
 @pytest.fixture
-def make_gateway(gateway_settings: Settings) -> Iterator[Callable[..., GatewayThread]]:
-    """Start extra gateways with changed settings; all are stopped after the test."""
+def make_gateway(backend: Backend) -> Iterator[Callable[..., GatewayThread]]:
+    """Start extra gateways for the backend with changed settings; all stop after the test."""
     started: list[GatewayThread] = []
 
-    def make(**changes: object) -> GatewayThread:
-        running = GatewayThread(gateway_settings.replace(**changes)).__enter__()
-        started.append(running)
+    def make(credentials: tuple[str, str] | None = None, **changes: Any) -> GatewayThread:
+        running = GatewayThread(backend.settings(**changes), credentials or backend.credentials)
+        started.append(running.__enter__())
         return running
 
     yield make
@@ -85,27 +165,26 @@ def make_gateway(gateway_settings: Settings) -> Iterator[Callable[..., GatewayTh
 
 
 @pytest.fixture(scope="session")
-def s3_sync(moto_endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+def s3_sync(backend: Backend) -> Any:
+    return backend.client()
 
 
 @pytest.fixture
-def s3(s3_sync) -> S3Reader:  # type: ignore[no-untyped-def]
+def s3(s3_sync: Any) -> S3Reader:
     return S3Reader(s3_sync)
 
 
 @pytest.fixture
-def new_bucket(s3_sync) -> str:  # type: ignore[no-untyped-def]
+def new_bucket(s3_sync: Any) -> str:
     name = f"test-{uuid.uuid4().hex[:20]}"
     s3_sync.create_bucket(Bucket=name)
     return name
 
 
 @pytest.fixture
-async def stub(gateway_address: str) -> AsyncIterator[pb_grpc.UploadServiceAsyncStub]:
+async def stub(gateway: GatewayThread) -> AsyncIterator[pb_grpc.UploadServiceAsyncStub]:
     async with grpc.aio.insecure_channel(
-        gateway_address,
-        options=[("grpc.max_send_message_length", 8 * 1024 * 1024)],
+        gateway.address, options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
     ) as channel:
         yield pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
 
@@ -119,3 +198,27 @@ async def upload(
         pb.CreateMultipartUploadRequest(bucket=new_bucket, key="object.bin")
     )
     return response
+
+
+# Moto-only fixtures, for tests that compare with moto directly (the CLI against `aws s3api`).
+
+
+@pytest.fixture(scope="session")
+def moto_gateway(moto_endpoint: str) -> Iterator[GatewayThread]:
+    settings = Settings(listen_address="127.0.0.1:0", s3_endpoint_url=moto_endpoint)
+    with GatewayThread(settings, ("testing", "testing")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gateway_address(moto_gateway: GatewayThread) -> str:
+    return moto_gateway.address
+
+
+@pytest.fixture
+def moto_bucket(moto_endpoint: str) -> str:
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=name
+    )
+    return name

@@ -15,6 +15,7 @@ from gateway.config import Settings
 from gateway.errors import DOMAIN
 from gateway.server import Gateway
 from gateway.v1 import upload_service_pb2 as pb
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -23,11 +24,11 @@ MiB = 1024 * 1024
 class GatewayThread:
     """Runs a :class:`Gateway` on an event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, credentials: tuple[str, str] | None = None) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.gateway = Gateway(settings)
+        self.gateway = Gateway(settings, credentials)
 
     @property
     def address(self) -> str:
@@ -117,13 +118,13 @@ async def stream(messages: Iterable[pb.UploadPartRequest]) -> AsyncIterator[pb.U
         yield message
 
 
-def part_stream(
+def part_messages(
     header: pb.UploadPartHeader | dict[str, Any],
     data: bytes,
     *,
     chunk_size: int = MiB,
     trailer: dict[str, str] | None = None,
-) -> AsyncIterator[pb.UploadPartRequest]:
+) -> list[pb.UploadPartRequest]:
     """A complete UploadPart stream: header, data in chunks, optional trailer."""
     first = (
         pb.UploadPartRequest(header=header)
@@ -133,7 +134,39 @@ def part_stream(
     messages = [first, *(data_message(c) for c in chunks(data, chunk_size) if c)]
     if trailer is not None:
         messages.append(trailer_message(**trailer))
-    return stream(messages)
+    return messages
+
+
+def part_stream(
+    header: pb.UploadPartHeader | dict[str, Any],
+    data: bytes,
+    *,
+    chunk_size: int = MiB,
+    trailer: dict[str, str] | None = None,
+) -> AsyncIterator[pb.UploadPartRequest]:
+    """:func:`part_messages` as the async iterator a grpc.aio stub takes."""
+    return stream(part_messages(header, data, chunk_size=chunk_size, trailer=trailer))
+
+
+async def upload_part_error(address: str, messages: Iterable[pb.UploadPartRequest]) -> Any:
+    """Send an UploadPart the gateway must refuse; return the grpc.RpcError.
+
+    This goes through grpc's synchronous API in a worker thread: when a server ends a
+    client-streaming call while the client is still writing, grpc.aio clients can report
+    INTERNAL "Internal error from Core" instead of the server's status (grpc/grpc#36066); the
+    synchronous API reports the server's status.
+    """
+
+    def call() -> Any:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.UploadServiceStub(channel)
+            try:
+                stub.UploadPart(iter(messages))
+            except grpc.RpcError as error:
+                return error
+        raise AssertionError("UploadPart succeeded; an error was expected")
+
+    return await asyncio.to_thread(call)
 
 
 def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:

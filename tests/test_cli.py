@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from awscrt import checksums as crt
 
@@ -40,6 +41,17 @@ from tests.cli_helpers import (
 
 MiB = 1024 * 1024
 KEY = "dir/object.bin"
+
+
+@pytest.fixture(scope="module")
+def s3_sync(moto_endpoint: str) -> Any:
+    """The CLI is compared with ``aws s3api`` against moto, so these tests use moto only."""
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def new_bucket(moto_bucket: str) -> str:
+    return moto_bucket
 
 
 @pytest.fixture

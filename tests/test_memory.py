@@ -32,18 +32,18 @@ async def stream_part(
 
 @pytest.mark.slow
 async def test_256_mib_part_raises_peak_rss_by_less_than_64_mib(
-    moto_endpoint: str, new_bucket: str
+    moto_endpoint: str, moto_bucket: str
 ) -> None:
     with gateway_process("--s3-endpoint-url", moto_endpoint) as gateway:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
             upload = await stub.CreateMultipartUpload(
-                pb.CreateMultipartUploadRequest(bucket=new_bucket, key="big.bin")
+                pb.CreateMultipartUploadRequest(bucket=moto_bucket, key="big.bin")
             )
 
             async def relay(number: int, size: int) -> tuple[str, str]:
                 header = header_message(
-                    bucket=new_bucket,
+                    bucket=moto_bucket,
                     key="big.bin",
                     upload_id=upload.upload_id,
                     part_number=number,

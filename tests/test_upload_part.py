@@ -14,6 +14,7 @@ from gateway import checksums
 from gateway.checksums import Algorithm
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from tests.conftest import Backend
 from tests.helpers import (
     GatewayThread,
     MiB,
@@ -22,9 +23,11 @@ from tests.helpers import (
     error_info,
     field_violations,
     header_message,
+    part_messages,
     part_stream,
     stream,
     trailer_message,
+    upload_part_error,
 )
 
 Stub = pb_grpc.UploadServiceStub
@@ -47,6 +50,14 @@ def b64(algorithm: Algorithm, data: bytes) -> str:
     return checksums.encode(algorithm.compute(data))
 
 
+async def part_error(gateway: GatewayThread, upload: Upload, data: bytes, **fields: Any) -> Any:
+    """Send a part the gateway must refuse; returns the grpc.RpcError."""
+    fields.setdefault("content_length", len(data))
+    trailer = fields.pop("trailer", None)
+    messages = part_messages(part_header(upload, **fields), data, trailer=trailer)
+    return await upload_part_error(gateway.address, messages)
+
+
 async def send_part(
     stub: Stub, upload: Upload, data: bytes, **fields: Any
 ) -> pb.UploadPartResponse:
@@ -59,7 +70,7 @@ async def send_part(
 
 
 async def test_multipart_upload_reads_back_byte_identical(
-    stub: Stub, upload: Upload, s3: S3Reader
+    stub: Stub, upload: Upload, s3: S3Reader, backend: Backend
 ) -> None:
     parts = [os.urandom(6 * MiB), os.urandom(5 * MiB + 123), os.urandom(4321)]
     completed = []
@@ -72,7 +83,11 @@ async def test_multipart_upload_reads_back_byte_identical(
             bucket=upload.bucket, key=upload.key, upload_id=upload.upload_id, parts=completed
         )
     )
-    assert result.etag.endswith('-3"')
+    stored = s3.client.head_object(Bucket=upload.bucket, Key=upload.key)["ETag"]
+    assert stored.endswith('-3"')
+    # Ceph RGW 16 answers CompleteMultipartUpload with an empty ETag (an RGW bug); the gateway
+    # relays S3's answer as it is.
+    assert result.etag == ("" if backend.name == "rgw" else stored)
     assert s3.read(upload.bucket, upload.key) == b"".join(parts)
 
 
@@ -112,7 +127,12 @@ async def test_good_checksum_is_accepted(
 
 @pytest.mark.parametrize(("algorithm", "where"), PLACEMENTS)
 async def test_bad_checksum_commits_nothing_and_keeps_the_earlier_part(
-    stub: Stub, upload: Upload, s3: S3Reader, algorithm: Algorithm, where: str
+    gateway: GatewayThread,
+    stub: Stub,
+    upload: Upload,
+    s3: S3Reader,
+    algorithm: Algorithm,
+    where: str,
 ) -> None:
     good = os.urandom(MiB)
     first = await send_part(stub, upload, good)
@@ -124,10 +144,9 @@ async def test_bad_checksum_commits_nothing_and_keeps_the_earlier_part(
         if where == "header"
         else {"checksum_algorithm": algorithm.proto_value, "trailer": {algorithm.field: declared}}
     )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await send_part(stub, upload, bytes(corrupt), **fields)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
+    error = await part_error(gateway, upload, bytes(corrupt), **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(error)
     assert info.reason == "CHECKSUM_MISMATCH"
     assert info.metadata["algorithm"] == algorithm.name
     assert info.metadata["expected"] == declared
@@ -138,16 +157,17 @@ async def test_bad_checksum_commits_nothing_and_keeps_the_earlier_part(
 
 
 async def test_bad_checksum_on_a_new_part_number_stores_no_part(
-    stub: Stub, upload: Upload, s3: S3Reader
+    gateway: GatewayThread, upload: Upload, s3: S3Reader
 ) -> None:
     data = os.urandom(2 * MiB)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await send_part(stub, upload, data, checksum_crc32c=b64(checksums.CRC32C, b"other"))
-    assert error_info(caught.value).reason == "CHECKSUM_MISMATCH"
+    error = await part_error(gateway, upload, data, checksum_crc32c=b64(checksums.CRC32C, b"other"))
+    assert error_info(error).reason == "CHECKSUM_MISMATCH"
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
 
 
-async def test_per_message_crc32c(stub: Stub, upload: Upload, s3: S3Reader) -> None:
+async def test_per_message_crc32c(
+    gateway: GatewayThread, stub: Stub, upload: Upload, s3: S3Reader
+) -> None:
     from awscrt.checksums import crc32c
 
     data = os.urandom(3000)
@@ -155,32 +175,31 @@ async def test_per_message_crc32c(stub: Stub, upload: Upload, s3: S3Reader) -> N
     good = [header, data_message(data[:1000], crc32c(data[:1000])), data_message(data[1000:])]
     await stub.UploadPart(stream(good))
     bad = [header, data_message(data[:1000], crc32c(data[:999])), data_message(data[1000:])]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.UploadPart(stream(bad))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(caught.value).reason == "CHECKSUM_MISMATCH"
+    error = await upload_part_error(gateway.address, bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).reason == "CHECKSUM_MISMATCH"
 
 
 @pytest.mark.parametrize("declared_delta", [-1, +1, -MiB, +5])
 async def test_length_mismatch_is_out_of_range_and_commits_nothing(
-    stub: Stub, upload: Upload, s3: S3Reader, declared_delta: int
+    gateway: GatewayThread, upload: Upload, s3: S3Reader, declared_delta: int
 ) -> None:
     data = os.urandom(2 * MiB)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await send_part(stub, upload, data, content_length=len(data) + declared_delta)
-    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    info = error_info(caught.value)
+    error = await part_error(gateway, upload, data, content_length=len(data) + declared_delta)
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    info = error_info(error)
     assert info.reason == "CONTENT_LENGTH_MISMATCH"
     assert info.metadata["contentLength"] == str(len(data) + declared_delta)
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
 
 
-async def test_zero_length_part(stub: Stub, upload: Upload, s3: S3Reader) -> None:
+async def test_zero_length_part(
+    gateway: GatewayThread, stub: Stub, upload: Upload, s3: S3Reader
+) -> None:
     response = await send_part(stub, upload, b"")
     assert response.etag == f'"{hashlib.md5(b"").hexdigest()}"'
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await send_part(stub, upload, b"x", content_length=0, part_number=2)
-    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    error = await part_error(gateway, upload, b"x", content_length=0, part_number=2)
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
     assert list(s3.parts(upload.bucket, upload.key, upload.upload_id)) == [1]
 
 
@@ -195,11 +214,10 @@ async def test_unknown_length_is_buffered_up_to_the_limit(
         header = part_header(upload, checksum_algorithm=pb.CHECKSUM_ALGORITHM_CRC32C)
         response = await stub.UploadPart(part_stream(header, data))
         assert response.etag == f'"{hashlib.md5(data).hexdigest()}"'
-        too_big = part_header(upload, part_number=2)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.UploadPart(part_stream(too_big, data + b"!"))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(caught.value).reason == "CONTENT_LENGTH_REQUIRED"
+    too_big = part_header(upload, part_number=2)
+    error = await upload_part_error(running.address, part_messages(too_big, data + b"!"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).reason == "CONTENT_LENGTH_REQUIRED"
     assert list(s3.parts(upload.bucket, upload.key, upload.upload_id)) == [1]
 
 
@@ -329,12 +347,11 @@ BAD_STREAMS: dict[str, Any] = {
 
 @pytest.mark.parametrize("shape", list(BAD_STREAMS))
 async def test_malformed_stream_is_invalid_argument(
-    stub: Stub, upload: Upload, s3: S3Reader, shape: str
+    gateway: GatewayThread, upload: Upload, s3: S3Reader, shape: str
 ) -> None:
     messages = BAD_STREAMS[shape](part_header(upload, content_length=3))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.UploadPart(stream(messages))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    error = await upload_part_error(gateway.address, messages)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
 
 
@@ -397,10 +414,11 @@ BAD_HEADERS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_HEADERS))
-async def test_invalid_header_is_rejected_before_s3(stub: Stub, upload: Upload, case: str) -> None:
+async def test_invalid_header_is_rejected_before_s3(
+    gateway: GatewayThread, upload: Upload, case: str
+) -> None:
     changes, field = BAD_HEADERS[case]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await send_part(stub, upload, b"abc", **({"content_length": 3} | changes))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field_violations(caught.value) == [field]
-    assert KEY_B64 not in (caught.value.details() or "")
+    error = await part_error(gateway, upload, b"abc", **({"content_length": 3} | changes))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error) == [field]
+    assert KEY_B64 not in (error.details() or "")

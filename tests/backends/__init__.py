@@ -1,0 +1,1 @@
+"""Real S3 implementations provisioned locally for tests."""
