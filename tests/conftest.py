@@ -96,6 +96,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+_RGW_SKIPPED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _RGW_SKIPPED:
+        terminalreporter.section("Ceph RGW backend", sep="!", red=True, bold=True)
+        terminalreporter.line(_RGW_SKIPPED[0], red=True, bold=True)
+        terminalreporter.line("Only the moto half of the integration suite ran.", red=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _aws_environment() -> Iterator[None]:
     """No real AWS configuration ever leaks into a test; dummy credentials for moto."""
@@ -127,6 +137,7 @@ def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rgw_backend.RgwSer
         )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
+        _RGW_SKIPPED.append(message)
         pytest.skip(message)
     with rgw_backend.rgw_server(RGW_CACHE, tmp_path_factory.mktemp("rgw")) as server:
         yield server

@@ -165,6 +165,22 @@ async def test_bad_checksum_on_a_new_part_number_stores_no_part(
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
 
 
+async def test_the_store_itself_does_not_verify_x_amz_checksums(
+    make_gateway: Any, upload: Upload, s3: S3Reader
+) -> None:
+    """Why the gateway verifies: with its own check off, neither moto nor Ceph RGW 16 refuses a
+    part whose x-amz-checksum is wrong (AWS S3 would answer BadDigest)."""
+    running: GatewayThread = make_gateway(verify_checksums=False)
+    data = os.urandom(1000)
+    wrong = b64(checksums.CRC32C, data + b"!")
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        await stub.UploadPart(
+            part_stream(part_header(upload, content_length=len(data), checksum_crc32c=wrong), data)
+        )
+    assert s3.parts(upload.bucket, upload.key, upload.upload_id)[1]["Size"] == len(data)
+
+
 async def test_per_message_crc32c(
     gateway: GatewayThread, stub: Stub, upload: Upload, s3: S3Reader
 ) -> None:
