@@ -7,7 +7,9 @@ files, web identity / IRSA, container and instance metadata), resolved by botoco
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +53,17 @@ class Settings:
     )
     s3_region: str | None = _setting(
         None, "GATEWAY_S3_REGION", "AWS region; from the AWS chain (AWS_REGION), else us-east-1"
+    )
+    s3_directory_endpoint_url: str | None = _setting(
+        None,
+        "GATEWAY_S3_DIRECTORY_ENDPOINT_URL",
+        "endpoint for directory buckets (*--x-s3), addressed virtual-host style; AWS's zonal "
+        "endpoints when unset",
+    )
+    s3_express_session_auth: bool = _setting(
+        True,
+        "GATEWAY_S3_EXPRESS_SESSION_AUTH",
+        "authenticate directory bucket requests with CreateSession credentials (cached per bucket)",
     )
     s3_addressing_style: AddressingStyle = _setting(
         "auto", "GATEWAY_S3_ADDRESSING_STYLE", "bucket addressing: auto, path or virtual"
@@ -127,6 +140,12 @@ class Settings:
         )
         _check(self.log_level in _LOG_LEVELS, f"GATEWAY_LOG_LEVEL must be one of {_LOG_LEVELS}")
         _check(self.shutdown_grace >= 0, "GATEWAY_SHUTDOWN_GRACE must be >= 0")
+        if self.s3_directory_endpoint_url is not None:
+            _check(
+                _has_host_name(self.s3_directory_endpoint_url),
+                "GATEWAY_S3_DIRECTORY_ENDPOINT_URL must be http(s)://HOSTNAME[:PORT]: directory "
+                "buckets are addressed virtual-host style, which an IP address cannot carry",
+            )
         if self.s3_ca_bundle is not None:
             _check(os.path.isfile(self.s3_ca_bundle), "GATEWAY_S3_CA_BUNDLE must name a file")
 
@@ -187,6 +206,18 @@ def _parse_switch(raw: str) -> str:
     if raw.lower() == "auto":
         return "auto"
     return "on" if _parse_bool(raw) else "off"
+
+
+def _has_host_name(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def listens_on_loopback(address: str) -> bool:

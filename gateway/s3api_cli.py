@@ -931,6 +931,40 @@ class Endpoint:
         return host.strip("[]"), int(port)
 
 
+def open_channel(
+    args: argparse.Namespace, connect_timeout: float | None
+) -> tuple[grpc.Channel, Endpoint]:
+    """A channel to the gateway named by ``--endpoint-url`` (``--ca-bundle``,
+    ``--no-verify-ssl``)."""
+    endpoint = Endpoint.parse(args.endpoint_url or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT)
+    if endpoint.tls:
+        credentials, options = _channel_credentials(
+            endpoint, args.ca_bundle, not args.no_verify_ssl, connect_timeout
+        )
+        return grpc.secure_channel(
+            endpoint.target, credentials, _CHANNEL_OPTIONS + options
+        ), endpoint
+    return grpc.insecure_channel(endpoint.target, _CHANNEL_OPTIONS), endpoint
+
+
+def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--endpoint-url``, ``--ca-bundle`` and ``--no-verify-ssl``, as the s3api commands have."""
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="<value>",
+        help="The gateway: http://host:port (plaintext), https://host:port (TLS) or host:port "
+        f"(plaintext). Default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}.",
+    )
+    parser.add_argument(
+        "--ca-bundle", metavar="<value>", help="PEM file of CAs to trust for https:// gateways."
+    )
+    parser.add_argument(
+        "--no-verify-ssl",
+        action="store_true",
+        help="With https://, trust the certificate the gateway presents without verifying it.",
+    )
+
+
 def _channel_credentials(
     endpoint: Endpoint, ca_bundle: str | None, verify: bool, timeout: float | None
 ) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
@@ -999,17 +1033,8 @@ class Gateway:
 
     @classmethod
     def connect(cls, args: argparse.Namespace, command: Command) -> Gateway:
-        endpoint = Endpoint.parse(
-            args.endpoint_url or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
-        )
         connect_timeout = args.cli_connect_timeout or None
-        if endpoint.tls:
-            credentials, options = _channel_credentials(
-                endpoint, args.ca_bundle, not args.no_verify_ssl, connect_timeout
-            )
-            channel = grpc.secure_channel(endpoint.target, credentials, _CHANNEL_OPTIONS + options)
-        else:
-            channel = grpc.insecure_channel(endpoint.target, _CHANNEL_OPTIONS)
+        channel, endpoint = open_channel(args, connect_timeout)
         url = f"{endpoint.url}/{_SERVICE_NAME}/{command.operation}"
         log.debug("Connecting to %s (%s)", endpoint.target, "TLS" if endpoint.tls else "plaintext")
         gateway = cls(command, channel, url, args.cli_read_timeout or None)

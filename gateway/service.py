@@ -26,6 +26,9 @@ from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: The checksum directory buckets get when the caller names none.
+DIRECTORY_BUCKET_CHECKSUM = checksums.CRC32C
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -87,13 +90,34 @@ class UploadService(pb_grpc.UploadServiceServicer):
     def __init__(self, s3: S3, settings: Settings) -> None:
         self._s3 = s3
         self._settings = settings
-        self._trailer_ok = s3.uses_tls and settings.s3_trailing_checksums
+
+    def _check_object(self, request: Any) -> None:
+        _check_object(request)
+        self._check_bucket(request.bucket)
+
+    def _check_bucket(self, bucket: str) -> None:
+        """Routing checks: a directory bucket must live in the region this gateway serves."""
+        if not validate.is_directory_bucket(bucket):
+            return
+        zone = validate.directory_bucket_zone(bucket)
+        region = validate.zone_region(zone)
+        if region is not None and region != self._s3.region:
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "WRONG_REGION",
+                f"directory bucket {bucket} is in {region} (zone {zone}); this gateway serves "
+                f"{self._s3.region}: call a gateway configured for {region}",
+                metadata={"bucketRegion": region, "gatewayRegion": self._s3.region},
+            )
+
+    def _trailer_ok(self, bucket: str) -> bool:
+        return self._s3.uses_tls(bucket) and self._settings.s3_trailing_checksums
 
     @rpc
     async def CreateMultipartUpload(
         self, request: pb.CreateMultipartUploadRequest, context: Context
     ) -> pb.CreateMultipartUploadResponse:
-        _check_object(request)
+        self._check_object(request)
         validate.sse_customer(request)
         _check_checksum_choice(request.checksum_algorithm, request.checksum_type)
         for name, value in request.metadata.items():
@@ -101,10 +125,17 @@ class UploadService(pb_grpc.UploadServiceServicer):
                 raise InvalidRequest(
                     f"metadata[{name!r}]", "must be non-empty text without control characters"
                 )
-        response = await self._s3.call(
-            "CreateMultipartUpload", convert.to_params(request, "CreateMultipartUpload")
-        )
-        return _reply(response, pb.CreateMultipartUploadResponse(), "CreateMultipartUpload")
+        params = convert.to_params(request, "CreateMultipartUpload")
+        directory = validate.is_directory_bucket(request.bucket)
+        if directory and "ChecksumAlgorithm" not in params:
+            params["ChecksumAlgorithm"] = DIRECTORY_BUCKET_CHECKSUM.name
+        response = await self._s3.call("CreateMultipartUpload", params)
+        reply = _reply(response, pb.CreateMultipartUploadResponse(), "CreateMultipartUpload")
+        if directory and not reply.checksum_algorithm:
+            reply.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(
+                checksums.BY_NAME[params["ChecksumAlgorithm"]].proto_value
+            )
+        return reply
 
     @rpc
     async def UploadPart(
@@ -112,6 +143,10 @@ class UploadService(pb_grpc.UploadServiceServicer):
     ) -> pb.UploadPartResponse:
         header = await _read_header(request_iterator)
         declared = self._check_part_header(header)
+        if _wants_default_checksum(header, declared):
+            header.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(
+                DIRECTORY_BUCKET_CHECKSUM.proto_value
+            )
         plan = ChecksumPlan.for_header(header, declared)
         if not self._settings.verify_checksums:
             plan = ChecksumPlan()
@@ -124,7 +159,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         return _reply(response, pb.UploadPartResponse(), "UploadPart")
 
     def _check_part_header(self, header: pb.UploadPartHeader) -> dict[Algorithm, bytes]:
-        _check_object(header)
+        self._check_object(header)
         validate.upload_id(header.upload_id)
         validate.part_number(header.part_number)
         if header.HasField("content_length"):
@@ -139,7 +174,8 @@ class UploadService(pb_grpc.UploadServiceServicer):
     ) -> dict[str, Any]:
         body = PartBody(reader, plan, length)
         announced = checksums.BY_NAME.get(params.get("ChecksumAlgorithm", ""))
-        if announced is not None and announced.s3_member not in params and not self._trailer_ok:
+        trailer_ok = self._trailer_ok(params["Bucket"])
+        if announced is not None and announced.s3_member not in params and not trailer_ok:
             # The value is known only at the end and cannot travel as an aws-chunked trailer
             # (plain HTTP, or a store without trailers): the gateway verifies it, S3 cannot.
             del params["ChecksumAlgorithm"]
@@ -173,7 +209,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def UploadPartCopy(
         self, request: pb.UploadPartCopyRequest, context: Context
     ) -> pb.UploadPartCopyResponse:
-        _check_object(request)
+        self._check_object(request)
         validate.upload_id(request.upload_id)
         validate.part_number(request.part_number)
         if not request.copy_source:
@@ -189,7 +225,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def CompleteMultipartUpload(
         self, request: pb.CompleteMultipartUploadRequest, context: Context
     ) -> pb.CompleteMultipartUploadResponse:
-        _check_object(request)
+        self._check_object(request)
         validate.upload_id(request.upload_id)
         if not request.parts:
             raise InvalidRequest("parts", "at least one part is required")
@@ -198,6 +234,8 @@ class UploadService(pb_grpc.UploadServiceServicer):
             if not part.etag:
                 raise InvalidRequest(f"parts[{index}].etag", "is required")
             validate.declared_checksums(part, prefix=f"parts[{index}].")
+        if validate.is_directory_bucket(request.bucket):
+            validate.consecutive_part_numbers([p.part_number for p in request.parts])
         validate.declared_checksums(request)
         validate.sse_customer(request)
         if request.HasField("mpu_object_size") and request.mpu_object_size < 0:
@@ -211,7 +249,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def AbortMultipartUpload(
         self, request: pb.AbortMultipartUploadRequest, context: Context
     ) -> pb.AbortMultipartUploadResponse:
-        _check_object(request)
+        self._check_object(request)
         validate.upload_id(request.upload_id)
         response = await self._s3.call(
             "AbortMultipartUpload", convert.to_params(request, "AbortMultipartUpload")
@@ -222,7 +260,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def ListParts(
         self, request: pb.ListPartsRequest, context: Context
     ) -> pb.ListPartsResponse:
-        _check_object(request)
+        self._check_object(request)
         validate.upload_id(request.upload_id)
         validate.page_size(request.max_parts, "max_parts")
         if not 0 <= request.part_number_marker <= validate.MAX_PART_NUMBER:
@@ -236,6 +274,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self, request: pb.ListMultipartUploadsRequest, context: Context
     ) -> pb.ListMultipartUploadsResponse:
         validate.bucket(request.bucket)
+        self._check_bucket(request.bucket)
         validate.page_size(request.max_uploads, "max_uploads")
         _check_common(request, "ListMultipartUploads")
         response = await self._s3.call(
@@ -268,6 +307,13 @@ def _check_common(request: Any, operation: str) -> None:
     fields = request.DESCRIPTOR.fields_by_name
     validate.no_control_characters(request, *(f for f in _HEADER_FIELDS if f in fields))
     validate.vocabulary(request, operation)
+
+
+def _wants_default_checksum(header: pb.UploadPartHeader, declared: dict[Algorithm, bytes]) -> bool:
+    """A part for a directory bucket that names no checksum algorithm and carries no value."""
+    if not validate.is_directory_bucket(header.bucket) or header.checksum_algorithm:
+        return False
+    return not any(a in declared for a in checksums.CHECKSUM_ALGORITHMS)
 
 
 def _check_checksum_choice(algorithm: int, checksum_type: int) -> None:

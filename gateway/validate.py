@@ -31,8 +31,42 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
+_DIRECTORY_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]*--(?P<zone>[a-z0-9]+-az\d+)--x-s3")
+_ZONE_RE = re.compile(r"(?P<geo>[a-z]{2})(?P<direction>ne|nw|se|sw|n|s|e|w|c)(?P<number>\d+)-az\d+")
+_DIRECTIONS = {
+    "n": "north",
+    "s": "south",
+    "e": "east",
+    "w": "west",
+    "c": "central",
+    "ne": "northeast",
+    "nw": "northwest",
+    "se": "southeast",
+    "sw": "southwest",
+}
+
+
 def is_directory_bucket(bucket: str) -> bool:
     return bucket.endswith(DIRECTORY_BUCKET_SUFFIX)
+
+
+def directory_bucket_zone(bucket: str, field: str = "bucket") -> str:
+    """The zone id of a directory bucket name ``base--zone--x-s3``, e.g. ``usw2-az1``."""
+    match = _DIRECTORY_BUCKET_RE.fullmatch(bucket)
+    if match is None:
+        raise InvalidRequest(
+            field, "a directory bucket name must be BASE--ZONEID--x-s3, e.g. logs--usw2-az1--x-s3"
+        )
+    return match.group("zone")
+
+
+def zone_region(zone: str) -> str | None:
+    """The region an AWS zone id belongs to (``usw2-az1`` -> ``us-west-2``), when it decodes."""
+    match = _ZONE_RE.fullmatch(zone)
+    if match is None:
+        return None
+    direction = _DIRECTIONS[match.group("direction")]
+    return f"{match.group('geo')}-{direction}-{match.group('number')}"
 
 
 def bucket(name: str, field: str = "bucket") -> None:
@@ -163,9 +197,32 @@ def _b64(value: str, field: str, what: str) -> bytes:
         raise InvalidRequest(field, f"must be {what}") from None
 
 
+#: What S3 Express One Zone refuses, by field: the rule named in the error.
+_DIRECTORY_BUCKET_REFUSES = {
+    "content_md5": "Content-MD5 is not supported for directory buckets",
+    "checksum_md5": "MD5 checksums are not supported for directory buckets",
+    "sse_customer_algorithm": "SSE-C is not supported for directory buckets",
+    "sse_customer_key": "SSE-C is not supported for directory buckets",
+    "sse_customer_key_md5": "SSE-C is not supported for directory buckets",
+}
+
+
 def directory_bucket_rules(message: Message) -> None:
-    """S3 Express One Zone refuses MD5 checksums and SSE-C; say so before sending anything."""
+    """S3 Express One Zone refuses MD5 and SSE-C; say so before sending anything."""
     fields = message.DESCRIPTOR.fields_by_name
-    for name in ("content_md5", "checksum_md5", "sse_customer_key", "sse_customer_algorithm"):
+    for name, rule in _DIRECTORY_BUCKET_REFUSES.items():
         if name in fields and getattr(message, name):
-            raise InvalidRequest(name, "is not supported for directory buckets (--x-s3)")
+            raise InvalidRequest(name, rule)
+    if getattr(message, "checksum_algorithm", 0) == checksums.MD5.proto_value:
+        raise InvalidRequest("checksum_algorithm", _DIRECTORY_BUCKET_REFUSES["checksum_md5"])
+
+
+def consecutive_part_numbers(numbers: list[int]) -> None:
+    """Directory buckets complete only parts numbered 1, 2, 3… without gaps."""
+    for index, number in enumerate(numbers, start=1):
+        if number != index:
+            raise InvalidRequest(
+                f"parts[{index - 1}].part_number",
+                f"directory buckets need part numbers consecutive from 1; expected {index}, "
+                f"got {number}",
+            )

@@ -310,7 +310,7 @@ async def test_deadline_commits_nothing(stub: Stub, upload: Upload, s3: S3Reader
 def _s3_connections_in_use(gateway: GatewayThread) -> int:
     """Connections aiohttp holds checked out of the gateway's pool (aiobotocore internals)."""
     assert gateway.gateway.s3 is not None
-    sessions = gateway.gateway.s3._client._endpoint.http_session._sessions or {}
+    sessions = gateway.gateway.s3._general._endpoint.http_session._sessions or {}
     return sum(len(session.connector._acquired) for session in sessions.values())
 
 

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.backends.tls import Tls, make_tls
+
 # The smallest set of Debian bookworm packages that runs ceph-mon, a memstore ceph-osd, radosgw,
 # radosgw-admin and the `ceph` CLI. Every other shared library they load is in the base image.
 PACKAGES: tuple[str, ...] = (
@@ -288,13 +290,6 @@ class _Ports:
     https: int
 
 
-@dataclass(frozen=True)
-class _Tls:
-    ca: Path
-    certificate: Path
-    key: Path
-
-
 def _free_ports(count: int) -> list[int]:
     """Ports free on the loopback right now (held open together, so they are distinct)."""
     with contextlib.ExitStack() as stack:
@@ -321,44 +316,7 @@ def _environment(root: Path) -> dict[str, str]:
     return env
 
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-"""
-
-
-def _make_tls(directory: Path) -> _Tls:
-    """A self-signed CA and a server certificate it signs for 127.0.0.1 and localhost."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "openssl.cnf"
-    config.write_text(_OPENSSL_CONFIG)
-    tls = _Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    ca_key, request = directory / "ca.key", directory / "server.csr"
-    req: list[Arg] = ["openssl", "req", "-config", config, "-noenc"]
-    new_key = [*req, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-    _run([*new_key, "-x509", "-extensions", "ca", "-days", "7", "-subj", "/CN=rgw-test-ca",
-          "-keyout", ca_key, "-out", tls.ca])  # fmt: skip
-    _run([*new_key, "-new", "-subj", "/CN=localhost", "-keyout", tls.key, "-out", request])
-    _run(["openssl", "x509", "-req", "-in", request, "-CA", tls.ca, "-CAkey", ca_key,
-          "-set_serial", "2", "-days", "7", "-extfile", config, "-extensions", "server",
-          "-out", tls.certificate])  # fmt: skip
-    return tls
-
-
-def _ceph_config(root: Path, state: Path, fsid: str, ports: _Ports, tls: _Tls) -> str:
+def _ceph_config(root: Path, state: Path, fsid: str, ports: _Ports, tls: Tls) -> str:
     libs = root / "usr/lib" / f"{platform.machine()}-linux-gnu"
     frontends = (
         f"beast endpoint={LOOPBACK}:{ports.http} ssl_endpoint={LOOPBACK}:{ports.https}"
@@ -438,7 +396,7 @@ class _Cluster:
         command: list[Arg] = [self.bin("ceph"), "-c", self.config, "--connect-timeout", "30", *args]
         return _run([SYSTEM_PYTHON, *command], env=self.env, log=self.log("mon.a"))
 
-    def write_config(self, fsid: str, ports: _Ports, tls: _Tls) -> None:
+    def write_config(self, fsid: str, ports: _Ports, tls: Tls) -> None:
         for directory in ("mon.a", "osd.0", "run", "log", "rgw"):
             (self.state / directory).mkdir(parents=True, exist_ok=True)
         self.config.write_text(_ceph_config(self.root, self.state, fsid, ports, tls))
@@ -520,7 +478,7 @@ def start(root: Path, state_dir: Path) -> RgwServer:
     cluster = _Cluster(root, state_dir)
     try:
         ports = _Ports(*_free_ports(3))
-        tls = _make_tls(state_dir / "tls")
+        tls = make_tls(state_dir / "tls")
         fsid = str(uuid.uuid4())
         cluster.write_config(fsid, ports, tls)
         cluster.start_monitor(fsid, ports.mon)
