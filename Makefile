@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck protos bench clean
+.PHONY: run test lint typecheck protos bench chart clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway
+	$(BIN)/python scripts/check_chart.py
 	$(BIN)/python -m pytest
 
 protos: $(STAMP)
@@ -30,6 +31,10 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay
+
+# helm lint/template of the chart, manifests against Kubernetes' schemas, alerts and dashboard.
+chart: $(STAMP)
+	$(BIN)/python scripts/check_chart.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

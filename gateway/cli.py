@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"s3-upload-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     from gateway.server import run
 
     try:

@@ -21,6 +21,7 @@ MAX_S3_PART_SIZE = 5 * GiB
 
 AddressingStyle = Literal["auto", "path", "virtual"]
 EmbeddedS3 = Literal["auto", "on", "off"]
+LogFormat = Literal["json", "text"]
 _ADDRESSING_STYLES = ("auto", "path", "virtual")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -103,6 +104,18 @@ class Settings:
         "GATEWAY_VERIFY_CHECKSUMS",
         "verify declared checksums in the gateway (turn off only to test the store's own checks)",
     )
+    metrics_address: str = _setting(
+        "127.0.0.1:9464",
+        "GATEWAY_METRICS_ADDRESS",
+        "host:port of the Prometheus /metrics HTTP server; empty to disable",
+    )
+    health: bool = _setting(True, "GATEWAY_HEALTH", "serve grpc.health.v1.Health")
+    reflection: bool = _setting(True, "GATEWAY_REFLECTION", "serve gRPC server reflection")
+    drain_delay: float = _setting(
+        5.0,
+        "GATEWAY_DRAIN_DELAY",
+        "seconds between reporting NOT_SERVING on SIGTERM and refusing new calls",
+    )
     embedded_s3: EmbeddedS3 = _setting(
         "auto",
         "GATEWAY_EMBEDDED_S3",
@@ -113,6 +126,9 @@ class Settings:
         "gateway-demo", "GATEWAY_EMBEDDED_BUCKET", "bucket created in the embedded S3"
     )
     log_level: str = _setting("INFO", "GATEWAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = _setting(
+        "json", "GATEWAY_LOG_FORMAT", "json (one object per line) or text"
+    )
     shutdown_grace: float = _setting(
         30.0, "GATEWAY_SHUTDOWN_GRACE", "seconds in-flight calls get to finish on shutdown"
     )
@@ -140,6 +156,12 @@ class Settings:
         )
         _check(self.log_level in _LOG_LEVELS, f"GATEWAY_LOG_LEVEL must be one of {_LOG_LEVELS}")
         _check(self.shutdown_grace >= 0, "GATEWAY_SHUTDOWN_GRACE must be >= 0")
+        _check(self.drain_delay >= 0, "GATEWAY_DRAIN_DELAY must be >= 0")
+        _check(self.log_format in ("json", "text"), "GATEWAY_LOG_FORMAT must be json or text")
+        _check(
+            self.metrics_address == "" or ":" in self.metrics_address,
+            "GATEWAY_METRICS_ADDRESS must be host:port, or empty to disable",
+        )
         if self.s3_directory_endpoint_url is not None:
             _check(
                 _has_host_name(self.s3_directory_endpoint_url),
@@ -157,7 +179,9 @@ class Settings:
         for f in dataclasses.fields(cls):
             setting: Setting = f.metadata["setting"]
             raw = env.get(setting.env)
-            if raw is not None and raw != "":
+            if raw == "" and f.type == "str":
+                values[f.name] = ""  # an explicit empty string, e.g. "disabled"
+            elif raw:
                 values[f.name] = _parse(f.type, raw, setting.env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
@@ -182,6 +206,7 @@ def _parse(type_name: Any, raw: str, env: str) -> Any:
     parsers: dict[str, Callable[[str], Any]] = {
         "bool": _parse_bool,
         "EmbeddedS3": _parse_switch,
+        "LogFormat": str.lower,
         "int": int,
         "float": float,
     }

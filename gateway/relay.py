@@ -93,6 +93,8 @@ class MessageReader:
         self._plan = plan
         self._trailer_seen = False
         self.ended = False
+        #: Part bytes read from the caller so far.
+        self.received = 0
 
     async def next_data(self) -> bytes | None:
         """The next chunk of part bytes, or None when the stream has ended."""
@@ -106,6 +108,7 @@ class MessageReader:
                 if self._trailer_seen:
                     raise InvalidRequest("data", "no data may follow the trailer")
                 content = _checked_content(message.data)
+                self.received += len(content)
                 if content:
                     return content
             elif kind == "trailer":
@@ -145,6 +148,8 @@ class PartBody:
         self._received = 0
         self._finished = False
         self._leftover = b""
+        #: Bytes handed to aiohttp so far.
+        self.released = 0
         #: Why the body aborted the upload, if it did.
         self.failure: GatewayError | None = None
         #: The digests computed over the whole part, once it has been verified.
@@ -183,10 +188,12 @@ class PartBody:
         if self._finished:
             return b""
         try:
-            return await self._pull()
+            chunk = await self._pull()
         except GatewayError as exc:
             self.failure = exc
             raise
+        self.released += len(chunk)
+        return chunk
 
     async def _pull(self) -> bytes:
         chunk = await self._reader.next_data()

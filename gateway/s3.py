@@ -16,6 +16,7 @@ gets a second client: botocore binds an endpoint override to a client.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +28,7 @@ from botocore.config import Config
 from gateway import __version__
 from gateway.config import Settings
 from gateway.errors import from_s3_exception
+from gateway.metrics import Metrics, bucket_type
 from gateway.validate import is_directory_bucket
 
 DEFAULT_REGION = "us-east-1"
@@ -56,10 +58,11 @@ class S3:
     """Async facade over the clients: calls by operation name, routed by bucket type, errors
     classified."""
 
-    def __init__(self, general: Any, directory: Any, region: str) -> None:
+    def __init__(self, general: Any, directory: Any, region: str, metrics: Metrics) -> None:
         self._general = general
         self._directory = directory
         self.region = region
+        self._metrics = metrics
         self.endpoint_url: str = general.meta.endpoint_url
 
     def client_for(self, bucket: str) -> Any:
@@ -82,17 +85,25 @@ class S3:
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """Call ``operation`` (e.g. ``"ListParts"``); any failure becomes a GatewayError."""
-        method = getattr(self.client_for(params.get("Bucket", "")), xform_name(operation))
+        bucket = params.get("Bucket", "")
+        method = getattr(self.client_for(bucket), xform_name(operation))
+        started = time.perf_counter()
         try:
             response: dict[str, Any] = await method(**params)
         except Exception as exc:  # classified, never swallowed
-            raise from_s3_exception(exc, operation) from exc
+            error = from_s3_exception(exc, operation)
+            code = error.metadata.get("s3ErrorCode", error.reason)
+            self._metrics.s3_failed(operation, code, bucket)
+            raise error from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.s3_seconds.labels(operation, bucket_type(bucket)).observe(elapsed)
         return response
 
 
 @contextlib.asynccontextmanager
 async def open_s3(
-    settings: Settings, static_credentials: tuple[str, str] | None = None
+    settings: Settings, metrics: Metrics, static_credentials: tuple[str, str] | None = None
 ) -> AsyncIterator[S3]:
     """Create the clients and close them (and their connection pools) on exit.
 
@@ -111,7 +122,7 @@ async def open_s3(
             directory = await stack.enter_async_context(
                 _client(session, settings, region, directory_url, static_credentials, True)
             )
-        yield S3(general, directory, region)
+        yield S3(general, directory, region, metrics)
 
 
 def _client(

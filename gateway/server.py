@@ -21,7 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.config import Settings, listens_on_loopback
-from gateway.logs import cap_header_loggers
+from gateway.logs import FIELDS, cap_header_loggers
+from gateway.metrics import Metrics, MetricsInterceptor
 from gateway.s3 import S3, open_s3
 from gateway.service import UploadService
 from gateway.v1 import upload_service_pb2 as pb
@@ -50,6 +51,9 @@ class Gateway:
         self._stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.metrics = Metrics()
+        #: The port /metrics is served on (0 when disabled).
+        self.metrics_port = 0
 
     async def start(self) -> None:
         settings = self.settings
@@ -60,41 +64,63 @@ class Gateway:
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
                 settings = settings.replace(s3_endpoint_url=endpoint)
                 credentials = EMBEDDED_CREDENTIALS
-            s3 = self.s3 = await self._stack.enter_async_context(open_s3(settings, credentials))
+            s3 = self.s3 = await self._stack.enter_async_context(
+                open_s3(settings, self.metrics, credentials)
+            )
             self.s3_endpoint_url = s3.endpoint_url
-            self._server = self._build_server(settings, UploadService(s3, settings))
+            service = UploadService(s3, settings, self.metrics)
+            self._server = self._build_server(settings, service)
             self.port = self._server.add_insecure_port(settings.listen_address)
+            if settings.metrics_address:
+                self._serve_metrics(settings.metrics_address)
             await self._server.start()
         except BaseException:
             await self._stack.aclose()
             raise
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving gateway.v1.UploadService on %s (port %d), S3 endpoint %s",
             settings.listen_address,
             self.port,
             self.s3_endpoint_url,
+            extra={FIELDS: {"grpc_port": self.port, "metrics_port": self.metrics_port}},
         )
+
+    def _serve_metrics(self, address: str) -> None:
+        server = self.metrics.serve(address)
+        self._stack.callback(server.server_close)
+        self._stack.callback(server.shutdown)
+        self.metrics_port = server.server_port
 
     def _build_server(self, settings: Settings, service: UploadService) -> grpc.aio.Server:
         server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_size),
                 ("grpc.max_send_message_length", settings.max_message_size),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_UploadServiceServicer_to_server(service, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        self.metrics.initialize_grpc(SERVICE_NAME, _method_types())
+        services = [SERVICE_NAME]
+        if settings.health:
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            services.append(health.SERVICE_NAME)
+        if settings.reflection:
+            reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
         return server
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within ``grace``, release everything."""
+    async def stop(self, grace: float | None = None, drain_delay: float = 0) -> None:
+        """Report NOT_SERVING, keep accepting calls for ``drain_delay`` seconds (load balancers
+        and clients see NOT_SERVING and go elsewhere), then refuse new calls, let in-flight ones
+        finish within ``grace``, cancel the rest (their upstream requests are aborted, nothing
+        is committed), and release everything."""
         await self._health.enter_graceful_shutdown()
+        if drain_delay > 0:
+            log.info("draining: NOT_SERVING for %.1f s before refusing new calls", drain_delay)
+            await asyncio.sleep(drain_delay)
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self._stack.aclose()
@@ -103,6 +129,12 @@ class Gateway:
         """Cancel every in-flight call now (upstream requests are aborted with them)."""
         if self._server is not None:
             await self._server.stop(0)
+
+
+def _method_types() -> dict[str, str]:
+    """go-grpc-prometheus's grpc_type of every UploadService method."""
+    service = pb.DESCRIPTOR.services_by_name["UploadService"]
+    return {m.name: "client_stream" if m.client_streaming else "unary" for m in service.methods}
 
 
 async def _wants_embedded_s3(settings: Settings) -> bool:
@@ -171,7 +203,7 @@ async def run(settings: Settings) -> None:
         await gateway.start()
         await stopping.wait()
         log.info("shutting down: in-flight calls get up to %.0f s", settings.shutdown_grace)
-        await gateway.stop()
+        await gateway.stop(drain_delay=settings.drain_delay)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

@@ -8,23 +8,29 @@ botocore parameters (:mod:`gateway.convert`), makes the call through the shared 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
-from gateway import checksums, convert, validate
+from gateway import checksums, convert, logs, validate
 from gateway.checksums import Algorithm
 from gateway.config import Settings
 from gateway.errors import GatewayError, InvalidRequest, LengthMismatch
+from gateway.metrics import Metrics, bucket_type
 from gateway.relay import ChecksumPlan, MessageReader, PartBody, read_whole_part, verify_whole_part
 from gateway.s3 import S3
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 #: The checksum directory buckets get when the caller names none.
 DIRECTORY_BUCKET_CHECKSUM = checksums.CRC32C
@@ -60,26 +66,72 @@ _HEADER_FIELDS = (
 )
 
 
+@dataclass
+class CallRecord:
+    """What the access log line of one call says (named fields only, never payloads or keys)."""
+
+    method: str
+    bucket: str = ""
+    part_number: int = 0
+    bytes: int = 0
+
+    def fields(self, code: grpc.StatusCode, seconds: float) -> dict[str, Any]:
+        fields: dict[str, Any] = {"method": self.method, "code": code.name}
+        fields["duration_ms"] = round(seconds * 1000, 3)
+        if self.bucket:
+            fields["bucket"] = self.bucket
+        if self.part_number:
+            fields["part_number"] = self.part_number
+        if self.method == "UploadPart":
+            fields["bytes"] = self.bytes
+        return fields
+
+
+#: The record of the call the current task serves.
+_current_call: contextvars.ContextVar[CallRecord] = contextvars.ContextVar("current_call")
+
+
 def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn every exception of a handler into a gRPC status with error details."""
+    """Turn every exception of a handler into a gRPC status with error details, and write one
+    access log line per call."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request, context: Context) -> Response:
-        try:
-            return await handler(self, request, context)
-        except GatewayError as exc:
-            error = exc
-        except Exception:
-            log.exception("unexpected failure in %s", handler.__name__)
-            error = GatewayError(
-                grpc.StatusCode.INTERNAL, "GATEWAY_ERROR", "unexpected failure inside the gateway"
-            )
-        log.info(
-            "%s failed: %s %s: %s", handler.__name__, error.code.name, error.reason, error.message
+        record = CallRecord(
+            handler.__name__,
+            bucket=getattr(request, "bucket", ""),
+            part_number=getattr(request, "part_number", 0),
         )
-        status = error.to_grpc_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        raise AssertionError("context.abort returned")  # pragma: no cover
+        _current_call.set(record)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            try:
+                return await handler(self, request, context)
+            except GatewayError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                log.exception("unexpected failure in %s", handler.__name__)
+                error = GatewayError(
+                    grpc.StatusCode.INTERNAL,
+                    "GATEWAY_ERROR",
+                    "unexpected failure inside the gateway",
+                )
+            code = error.code
+            self._count_failure(error)
+            status = error.to_grpc_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise AssertionError("context.abort returned")  # pragma: no cover
+        finally:
+            access_log.info(
+                "%s %s",
+                handler.__name__,
+                code.name,
+                extra={logs.FIELDS: record.fields(code, time.perf_counter() - started)},
+            )
 
     return wrapper
 
@@ -87,9 +139,14 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
 class UploadService(pb_grpc.UploadServiceServicer):
     """Relays the S3 multipart upload API."""
 
-    def __init__(self, s3: S3, settings: Settings) -> None:
+    def __init__(self, s3: S3, settings: Settings, metrics: Metrics) -> None:
         self._s3 = s3
         self._settings = settings
+        self._metrics = metrics
+
+    def _count_failure(self, error: GatewayError) -> None:
+        if error.reason == "CHECKSUM_MISMATCH":
+            self._metrics.checksum_mismatches.labels(error.metadata["algorithm"]).inc()
 
     def _check_object(self, request: Any) -> None:
         _check_object(request)
@@ -141,7 +198,18 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def UploadPart(
         self, request_iterator: AsyncIterator[pb.UploadPartRequest], context: Context
     ) -> pb.UploadPartResponse:
+        self._metrics.inflight_streams.inc()
+        try:
+            return await self._upload_part(request_iterator)
+        finally:
+            self._metrics.inflight_streams.dec()
+
+    async def _upload_part(
+        self, request_iterator: AsyncIterator[pb.UploadPartRequest]
+    ) -> pb.UploadPartResponse:
         header = await _read_header(request_iterator)
+        record = _current_call.get()
+        record.bucket, record.part_number = header.bucket, header.part_number
         declared = self._check_part_header(header)
         if _wants_default_checksum(header, declared):
             header.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(
@@ -152,10 +220,16 @@ class UploadService(pb_grpc.UploadServiceServicer):
             plan = ChecksumPlan()
         reader = MessageReader(request_iterator, plan)
         params = convert.to_params(header, "UploadPart")
-        if header.HasField("content_length") and header.content_length > 0:
-            response = await self._stream_part(reader, plan, params, header.content_length)
-        else:
-            response = await self._buffered_part(reader, plan, params, header)
+        kind = bucket_type(header.bucket)
+        try:
+            if header.HasField("content_length") and header.content_length > 0:
+                response = await self._stream_part(reader, plan, params, header.content_length)
+            else:
+                response = await self._buffered_part(reader, plan, params, header)
+        finally:
+            record.bytes = reader.received
+            self._metrics.client_bytes.labels(kind).inc(reader.received)
+        self._metrics.part_size.labels(kind).observe(reader.received)
         return _reply(response, pb.UploadPartResponse(), "UploadPart")
 
     def _check_part_header(self, header: pb.UploadPartHeader) -> dict[Algorithm, bytes]:
@@ -186,6 +260,8 @@ class UploadService(pb_grpc.UploadServiceServicer):
             if body.failure is not None:
                 raise body.failure from None
             raise
+        finally:
+            self._metrics.s3_bytes.labels(bucket_type(params["Bucket"])).inc(body.released)
         if body.received != length:
             raise LengthMismatch(length, body.received, more=body.received > length)
         return response
@@ -203,6 +279,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         if plan.announced is not None and plan.announced.s3_member not in params:
             params[plan.announced.s3_member] = checksums.encode(digests[plan.announced])
         params.update(Body=data, ContentLength=len(data))
+        self._metrics.s3_bytes.labels(bucket_type(params["Bucket"])).inc(len(data))
         return await self._s3.call("UploadPart", params)
 
     @rpc

@@ -57,6 +57,8 @@ class Backend:
     def settings(self, **changes: Any) -> Settings:
         return Settings(
             listen_address="127.0.0.1:0",
+            metrics_address="127.0.0.1:0",
+            drain_delay=0,
             s3_endpoint_url=self.endpoint,
             s3_ca_bundle=self.ca_bundle,
             s3_addressing_style="path",
@@ -216,7 +218,12 @@ async def upload(
 
 @pytest.fixture(scope="session")
 def moto_gateway(moto_endpoint: str) -> Iterator[GatewayThread]:
-    settings = Settings(listen_address="127.0.0.1:0", s3_endpoint_url=moto_endpoint)
+    settings = Settings(
+        listen_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+        drain_delay=0,
+        s3_endpoint_url=moto_endpoint,
+    )
     with GatewayThread(settings, ("testing", "testing")) as running:
         yield running
 

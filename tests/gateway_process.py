@@ -46,7 +46,10 @@ def gateway_process(
 
     ``env`` adds variables to this process's environment; ``unset`` removes some."""
     environment = {k: v for k, v in os.environ.items() if k not in unset} | (env or {})
-    command = [sys.executable, "-m", "gateway", "serve", "--listen-address", "127.0.0.1:0", *args]
+    command = [
+        *(sys.executable, "-m", "gateway", "serve", "--listen-address", "127.0.0.1:0"),
+        *("--metrics-address", "127.0.0.1:0", "--drain-delay", "0", *args),
+    ]
     process = subprocess.Popen(
         command,
         stderr=subprocess.PIPE,

@@ -49,6 +49,8 @@ def start_gateway(zonal: ZonalServer, moto_endpoint: str, **changes: Any) -> Gat
     read when the S3 clients are created)."""
     settings = Settings(
         listen_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+        drain_delay=0,
         s3_endpoint_url=moto_endpoint,
         s3_directory_endpoint_url=zonal.endpoint_url,
         s3_region=REGION,

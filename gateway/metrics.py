@@ -1,0 +1,232 @@
+"""Prometheus metrics: go-grpc-prometheus's server metrics and the gateway's own ``s3gateway_*``.
+
+Everything lives in one :class:`Metrics` object with its own registry (nothing global), served on
+a separate HTTP port. The gRPC metrics carry go-grpc-prometheus's exact names and labels, so
+existing dashboards work; they come from :class:`MetricsInterceptor`, which counts
+client-streaming calls message by message and reads the final code of calls that ended with
+``context.abort``. Labels are bounded: operation, outcome, algorithm, bucket type, a fixed set of
+S3 error codes — never bucket, key or upload id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from gateway import __version__
+from gateway.errors import S3_ERROR_CODES
+
+#: grpc_code label values, spelled as Go's codes.Code String() spells them.
+GO_CODE_NAMES = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+#: Gateway-side failures that get their own s3_error_code label value.
+_GATEWAY_S3_FAILURES = ("S3_UNREACHABLE", "S3_TIMEOUT", "GATEWAY_CREDENTIALS")
+_KNOWN_S3_CODES = frozenset(S3_ERROR_CODES) | frozenset(_GATEWAY_S3_FAILURES)
+
+_MiB = 1024 * 1024
+#: Part sizes from 64 KiB to S3's 5 GiB limit.
+PART_SIZE_BUCKETS = (
+    64 * 1024,
+    _MiB,
+    5 * _MiB,
+    8 * _MiB,
+    16 * _MiB,
+    32 * _MiB,
+    64 * _MiB,
+    128 * _MiB,
+    256 * _MiB,
+    512 * _MiB,
+    1024 * _MiB,
+    2048 * _MiB,
+    5120 * _MiB,
+)
+#: S3 calls take milliseconds (small parts) to minutes (a 5 GiB part on a slow link).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def bucket_type(bucket: str) -> str:
+    return "directory" if bucket.endswith("--x-s3") else "general"
+
+
+class Metrics:
+    """Every metric the gateway exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.grpc_started = Counter(
+            "grpc_server_started_total", "Total number of RPCs started on the server.",
+            grpc_labels, registry=r,
+        )  # fmt: skip
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            (*grpc_labels, "grpc_code"), registry=r,
+        )  # fmt: skip
+        self.grpc_received = Counter(
+            "grpc_server_msg_received_total", "Total number of RPC stream messages received.",
+            grpc_labels, registry=r,
+        )  # fmt: skip
+        self.grpc_sent = Counter(
+            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent.",
+            grpc_labels, registry=r,
+        )  # fmt: skip
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            grpc_labels, buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.client_bytes = Counter(
+            "s3gateway_client_received_bytes_total", "Part bytes received from callers.",
+            ("bucket_type",), registry=r,
+        )  # fmt: skip
+        self.s3_bytes = Counter(
+            "s3gateway_s3_sent_bytes_total", "Part bytes handed to S3 (aborted requests included).",
+            ("bucket_type",), registry=r,
+        )  # fmt: skip
+        self.part_size = Histogram(
+            "s3gateway_part_size_bytes", "Size of the parts uploaded successfully.",
+            ("bucket_type",), buckets=PART_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.s3_seconds = Histogram(
+            "s3gateway_s3_request_duration_seconds", "Duration of S3 calls, failures included.",
+            ("operation", "bucket_type"), buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.s3_errors = Counter(
+            "s3gateway_s3_errors_total",
+            "S3 calls that failed, by S3 error code (codes outside a fixed set count as other).",
+            ("operation", "s3_error_code", "bucket_type"), registry=r,
+        )  # fmt: skip
+        self.checksum_mismatches = Counter(
+            "s3gateway_checksum_mismatches_total",
+            "Parts refused because their bytes did not match a declared checksum.",
+            ("algorithm",), registry=r,
+        )  # fmt: skip
+        self.inflight_streams = Gauge(
+            "s3gateway_inflight_streams", "UploadPart streams in progress.", registry=r
+        )
+        self.build_info = Gauge(
+            "s3gateway_build_info", "The gateway's version, always 1.", ("version",), registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+
+    def initialize_grpc(self, service: str, methods: dict[str, str]) -> None:
+        """Create every method x code series at zero, as go-grpc-prometheus does."""
+        for method, grpc_type in methods.items():
+            labels = (grpc_type, service, method)
+            for metric in (self.grpc_started, self.grpc_received, self.grpc_sent):
+                metric.labels(*labels)
+            self.grpc_seconds.labels(*labels)
+            for name in GO_CODE_NAMES.values():
+                self.grpc_handled.labels(*labels, name)
+
+    def s3_failed(self, operation: str, code: str, bucket: str) -> None:
+        label = code if code in _KNOWN_S3_CODES else "other"
+        self.s3_errors.labels(operation, label, bucket_type(bucket)).inc()
+
+    def serve(self, address: str) -> Any:
+        """Serve /metrics on ``address`` (host:port); returns the server (``.server_port``)."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), host.strip("[]"), registry=self.registry)
+        return server
+
+
+Behavior = Callable[[Any, Any], Awaitable[Any]]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts every call as go-grpc-prometheus's server interceptors do."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary is not None:
+            wrapped = self._wrap(handler.unary_unary, ("unary", service, method), streaming=False)
+            return grpc.unary_unary_rpc_method_handler(
+                wrapped, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            wrapped = self._wrap(handler.stream_unary, ("client_stream", service, method), True)
+            return grpc.stream_unary_rpc_method_handler(
+                wrapped, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+    def _wrap(self, behavior: Behavior, labels: tuple[str, str, str], streaming: bool) -> Behavior:
+        m = self._metrics
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            m.grpc_started.labels(*labels).inc()
+            if streaming:
+                request = _counted(request, m.grpc_received.labels(*labels))
+            else:
+                m.grpc_received.labels(*labels).inc()
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behavior(request, context)
+                code = grpc.StatusCode.OK
+                m.grpc_sent.labels(*labels).inc()
+                return response
+            except BaseException:
+                code = _final_code(context)
+                raise
+            finally:
+                m.grpc_handled.labels(*labels, GO_CODE_NAMES[code]).inc()
+                m.grpc_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+        return observed
+
+
+async def _counted(messages: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
+    async for message in messages:
+        counter.inc()
+        yield message
+
+
+def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code a call ended with: set by context.abort, else CANCELLED (the task was
+    cancelled because the caller went away or its deadline passed)."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    if context.cancelled():
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
