@@ -10,6 +10,7 @@ S3 error codes — never bucket, key or upload id.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -200,6 +201,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.OK
                 m.grpc_sent.labels(*labels).inc()
                 return response
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
             except BaseException:
                 code = _final_code(context)
                 raise
@@ -217,16 +221,18 @@ async def _counted(messages: AsyncIterator[Any], counter: Any) -> AsyncIterator[
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The code a call ended with: set by context.abort, else CANCELLED (the task was
-    cancelled because the caller went away or its deadline passed)."""
+    """The code a call ended with when its handler raised: the one context.abort set."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
     if isinstance(code, int):
         return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-    if context.cancelled():
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """A handler task is cancelled when the caller cancels or its deadline passes."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED

@@ -91,6 +91,11 @@ class S3:
         try:
             response: dict[str, Any] = await method(**params)
         except Exception as exc:  # classified, never swallowed
+            aborted = getattr(params.get("Body"), "failure", None)
+            if aborted is not None:
+                # The body aborted the request on purpose (aiobotocore reports a connection
+                # error): its reason is the answer, and S3 did nothing wrong.
+                raise aborted from None
             error = from_s3_exception(exc, operation)
             code = error.metadata.get("s3ErrorCode", error.reason)
             self._metrics.s3_failed(operation, code, bucket)

@@ -256,10 +256,6 @@ class UploadService(pb_grpc.UploadServiceServicer):
         params.update(Body=body, ContentLength=length)
         try:
             response = await self._s3.call("UploadPart", params)
-        except GatewayError:
-            if body.failure is not None:
-                raise body.failure from None
-            raise
         finally:
             self._metrics.s3_bytes.labels(bucket_type(params["Bucket"])).inc(body.released)
         if body.received != length:

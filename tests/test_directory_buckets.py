@@ -350,3 +350,31 @@ def test_reaper_refuses_bad_durations(directory_gateway: GatewayThread, value: s
     result = reap(directory_gateway.address, "--bucket", "b", f"--older-than={value}")
     assert result.returncode == 2
     assert "not a duration" in result.stderr
+
+
+async def test_metrics_tell_bucket_types_apart(
+    zonal: ZonalServer, moto_endpoint: str, bucket: str, moto_bucket: str
+) -> None:
+    from tests.test_metrics import scrape, value
+
+    running = start_gateway(zonal, moto_endpoint)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+            await upload_parts(stub, bucket, [1000])
+            await stub.CreateMultipartUpload(
+                pb.CreateMultipartUploadRequest(bucket=moto_bucket, key="k")
+            )
+        m = scrape(running)
+    finally:
+        running.__exit__(None, None, None)
+    duration = "s3gateway_s3_request_duration_seconds_count"
+    for operation, kind, calls in (
+        ("CreateMultipartUpload", "directory", 1),
+        ("UploadPart", "directory", 1),
+        ("CreateMultipartUpload", "general", 1),
+    ):
+        assert value(m, duration, operation=operation, bucket_type=kind) == calls
+    assert (duration, frozenset({("operation", "UploadPart"), ("bucket_type", "general")})) not in m
+    assert value(m, "s3gateway_client_received_bytes_total", bucket_type="directory") == 1000
+    assert value(m, "s3gateway_part_size_bytes_count", bucket_type="directory") == 1
