@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from gateway import __version__
 from gateway.errors import S3_ERROR_CODES
+from gateway.validate import is_directory_bucket
 
 #: grpc_code label values, spelled as Go's codes.Code String() spells them.
 GO_CODE_NAMES = {
@@ -67,7 +68,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 def bucket_type(bucket: str) -> str:
-    return "directory" if bucket.endswith("--x-s3") else "general"
+    """The bucket_type label: directory (S3 Express One Zone) or general."""
+    return "directory" if is_directory_bucket(bucket) else "general"
 
 
 class Metrics:

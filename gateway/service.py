@@ -177,11 +177,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self._check_object(request)
         validate.sse_customer(request)
         _check_checksum_choice(request.checksum_algorithm, request.checksum_type)
-        for name, value in request.metadata.items():
-            if not name or validate._CONTROL_RE.search(name + value):
-                raise InvalidRequest(
-                    f"metadata[{name!r}]", "must be non-empty text without control characters"
-                )
+        validate.user_metadata(request.metadata)
         params = convert.to_params(request, "CreateMultipartUpload")
         directory = validate.is_directory_bucket(request.bucket)
         if directory and "ChecksumAlgorithm" not in params:

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -123,6 +124,15 @@ def no_control_characters(message: Message, *fields: str) -> None:
         value = getattr(message, name)
         if isinstance(value, str) and _CONTROL_RE.search(value):
             raise InvalidRequest(name, "must not contain control characters")
+
+
+def user_metadata(metadata: Mapping[str, str]) -> None:
+    """User metadata travels as x-amz-meta-* headers: names and values must be header-safe."""
+    for name, value in metadata.items():
+        if not name or _CONTROL_RE.search(name + value):
+            raise InvalidRequest(
+                f"metadata[{name!r}]", "must be non-empty text without control characters"
+            )
 
 
 def vocabulary(message: Message, operation: str) -> None:
