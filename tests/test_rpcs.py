@@ -170,13 +170,19 @@ async def test_list_parts_paginates(stub: Stub, upload: Upload) -> None:
     assert [p.part_number for p in second.parts] == [3]
 
 
-async def test_list_multipart_uploads(stub: Stub, new_bucket: str) -> None:
+async def create_uploads(stub: Stub, bucket: str, *keys: str) -> set[tuple[str, str]]:
+    """Start an upload for each key; returns the (key, upload id) pairs."""
     created = set()
-    for key in ("a/1", "a/2", "b/3"):
+    for key in keys:
         response = await stub.CreateMultipartUpload(
-            pb.CreateMultipartUploadRequest(bucket=new_bucket, key=key)
+            pb.CreateMultipartUploadRequest(bucket=bucket, key=key)
         )
         created.add((key, response.upload_id))
+    return created
+
+
+async def test_list_multipart_uploads(stub: Stub, new_bucket: str) -> None:
+    created = await create_uploads(stub, new_bucket, "a/1", "a/2", "b/3")
     listed = await stub.ListMultipartUploads(pb.ListMultipartUploadsRequest(bucket=new_bucket))
     assert {(u.key, u.upload_id) for u in listed.uploads} == created
     assert all(u.initiated.seconds and u.storage_class for u in listed.uploads)
@@ -185,12 +191,7 @@ async def test_list_multipart_uploads(stub: Stub, new_bucket: str) -> None:
 
 @pytest.mark.backends("rgw")  # moto ignores max-uploads and delimiter
 async def test_list_multipart_uploads_paginates(stub: Stub, new_bucket: str) -> None:
-    created = set()
-    for key in ("a/1", "a/2", "b/3"):
-        response = await stub.CreateMultipartUpload(
-            pb.CreateMultipartUploadRequest(bucket=new_bucket, key=key)
-        )
-        created.add((key, response.upload_id))
+    created = await create_uploads(stub, new_bucket, "a/1", "a/2", "b/3")
     request = pb.ListMultipartUploadsRequest(bucket=new_bucket, max_uploads=2)
     first = await stub.ListMultipartUploads(request)
     assert first.is_truncated
