@@ -24,6 +24,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway
 	$(BIN)/python scripts/check_chart.py
+	$(BIN)/python scripts/check_proto.py
 	$(BIN)/python -m pytest
 
 protos: $(STAMP)
