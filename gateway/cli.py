@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__, logs, reaper, s3api_cli
+from gateway import __version__, logs, reaper, s3api_cli, upload_cli
 from gateway.config import ConfigError, Settings
 
 #: Exit code for a configuration the gateway cannot start with.
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     s3api_cli.register(subparsers)
     reaper.register(subparsers)
+    upload_cli.register(subparsers)
     return parser
 
 

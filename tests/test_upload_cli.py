@@ -1,0 +1,186 @@
+"""``s3-upload-gateway upload`` and ``demo``: argument parsing, the progress bar, and both commands
+end to end as subprocesses."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import checksums
+from gateway.upload_cli import ProgressBar, UsageError, parse_destination, parse_size
+from tests.cli_helpers import gateway_cli
+from tests.helpers import GatewayThread, MiB, S3Reader
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("8MiB", 8 * MiB),
+        ("8M", 8 * MiB),
+        ("8MB", 8 * MiB),
+        ("512KiB", 512 * 1024),
+        ("1GiB", 1024 * MiB),
+        ("1048576", MiB),
+        ("1.5MiB", 3 * MiB // 2),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_parse_size_refuses_nonsense() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_size("eight")
+
+
+def test_parse_destination() -> None:
+    assert parse_destination("s3://bucket/dir/key.bin") == ("bucket", "dir/key.bin")
+    for bad in ("bucket/key", "s3://bucket", "s3://bucket/", "s3:///key"):
+        with pytest.raises(UsageError):
+            parse_destination(bad)
+
+
+def test_progress_bar_shows_bytes_rate_and_eta() -> None:
+    bar = ProgressBar(io.StringIO(), enabled=True)
+    line = bar.render(16 * MiB, 64 * MiB, 2.0)
+    assert "25%" in line and "16.0 MiB / 64.0 MiB" in line
+    assert "8.0 MiB/s" in line and "ETA 0:06" in line
+    assert "8.0 MiB/s" in bar.render(16 * MiB, None, 2.0)
+
+
+def test_progress_bar_is_silent_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    bar(1, 2)
+    bar(2, 2)
+    bar.finish()
+    assert stream.getvalue() == ""
+
+
+def test_upload_prints_etag_and_checksum(
+    gateway: GatewayThread, new_bucket: str, s3: S3Reader, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MiB)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    destination = f"s3://{new_bucket}/dir/file.bin"
+    result = gateway_cli(
+        "upload",
+        str(path),
+        destination,
+        "--part-size",
+        "5MiB",
+        "--concurrency",
+        "3",
+        "--content-type",
+        "text/plain",
+        "--metadata",
+        "team=a",
+        endpoint=gateway.address,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress bar without a terminal
+    output = json.loads(result.stdout)
+    assert s3.read(new_bucket, "dir/file.bin") == data
+    assert (output["Bucket"], output["Key"], output["Size"], output["Parts"]) == (
+        new_bucket,
+        "dir/file.bin",
+        len(data),
+        3,
+    )
+    sums = [checksums.CRC32C.compute(data[i : i + 5 * MiB]) for i in range(0, len(data), 5 * MiB)]
+    assert (
+        output["ChecksumCRC32C"]
+        == checksums.encode(checksums.CRC32C.compute(b"".join(sums))) + "-3"
+    )
+    assert output["ChecksumType"] == "COMPOSITE"
+    head = s3.client.head_object(Bucket=new_bucket, Key="dir/file.bin")
+    assert head["ContentType"] == "text/plain"
+    assert head["Metadata"] == {"team": "a"}
+    assert output["ETag"] in (head["ETag"], "")  # Ceph RGW 16 answers Complete without an ETag
+
+
+@pytest.mark.backends("moto")
+def test_upload_from_stdin(gateway: GatewayThread, new_bucket: str, s3: S3Reader) -> None:
+    data = os.urandom(6 * MiB + 1)
+    command = [sys.executable, "-m", "gateway", "upload", "-", f"s3://{new_bucket}/stdin.bin"]
+    command += [
+        "--part-size",
+        "5MiB",
+        "--checksum-algorithm",
+        "SHA256",
+        "--endpoint-url",
+        gateway.address,
+    ]
+    result = subprocess.run(command, input=data, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert (output["Size"], output["Parts"]) == (len(data), 2)
+    assert output["ChecksumSHA256"].endswith("-2")
+    assert s3.read(new_bucket, "stdin.bin") == data
+
+
+@pytest.mark.backends("moto")
+def test_upload_failure_is_one_line_and_non_zero(gateway: GatewayThread, tmp_path: Path) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"hello")
+    result = gateway_cli(
+        "upload", str(path), "s3://no-such-bucket-here/k", endpoint=gateway.address
+    )
+    assert result.returncode == 254
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("s3-upload-gateway upload: error: NOT_FOUND NO_SUCH_BUCKET:")
+
+
+def test_upload_to_an_unreachable_gateway(tmp_path: Path, unused_port: int) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"hello")
+    result = gateway_cli("upload", str(path), "s3://bucket/k", endpoint=f"127.0.0.1:{unused_port}")
+    assert result.returncode == 255
+    assert "cannot reach the gateway at http://127.0.0.1:" in result.stderr
+
+
+def test_upload_usage_errors(tmp_path: Path) -> None:
+    result = gateway_cli("upload", str(tmp_path / "missing"), "bucket/key", endpoint="127.0.0.1:1")
+    assert result.returncode == 252
+    assert "s3://bucket/key" in result.stderr
+
+
+def test_demo_uploads_reads_back_and_summarizes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--size", "12MiB", "--part-size", "5MiB"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
+    summary = {k: v.strip() for k, v in summary.items()}
+    assert summary["size"] == "12582912 bytes (12.0 MiB)"
+    assert summary["parts"] == "3"
+    assert summary["read back"] == "identical"
+    assert summary["throughput"].endswith(" s)") and "MiB/s" in summary["throughput"]
+    assert summary["checksum"].startswith("CRC32C ") and summary["checksum"].endswith(
+        "-3 (COMPOSITE)"
+    )
+    assert summary["etag"].endswith('-3"')
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
