@@ -52,6 +52,7 @@ class Gateway:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.metrics = Metrics()
+        self._hurry = asyncio.Event()
         #: The port /metrics is served on (0 when disabled).
         self.metrics_port = 0
 
@@ -120,13 +121,16 @@ class Gateway:
         await self._health.enter_graceful_shutdown()
         if drain_delay > 0:
             log.info("draining: NOT_SERVING for %.1f s before refusing new calls", drain_delay)
-            await asyncio.sleep(drain_delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain_delay)
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self._stack.aclose()
 
     async def cancel_calls(self) -> None:
-        """Cancel every in-flight call now (upstream requests are aborted with them)."""
+        """Cancel every in-flight call now (upstream requests are aborted with them), and cut a
+        drain in progress short."""
+        self._hurry.set()
         if self._server is not None:
             await self._server.stop(0)
 
@@ -163,6 +167,7 @@ def embedded_s3(bucket: str) -> Iterator[str]:
             "--embedded-s3 needs moto: pip install 's3-upload-gateway[embedded]'"
         ) from exc
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access line per S3 request
     server.start()
     try:
         host, port = server.get_host_and_port()

@@ -158,7 +158,7 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
 async def test_a_second_signal_stops_at_once(moto_endpoint: str, moto_bucket: str) -> None:
     stall = asyncio.Event()
     with gateway_process(
-        "--s3-endpoint-url", moto_endpoint, "--drain-delay=0", "--shutdown-grace=60"
+        "--s3-endpoint-url", moto_endpoint, "--drain-delay=60", "--shutdown-grace=60"
     ) as gateway:
         channel, stub, upload = await start_upload(gateway, moto_bucket)
         call = stub.UploadPart(slow_part(moto_bucket, upload.upload_id, 3, 0.05, stall))
