@@ -14,21 +14,17 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from aiobotocore.session import get_session
 
+from bench.matrix import Body
+from bench.processes import cpu_seconds, moto_server
 from gateway import checksums
 from gateway.config import Settings
 from gateway.s3 import client_config
@@ -55,39 +51,6 @@ class Result:
     relayed_runs: list[float]
 
 
-class Body:
-    """A streamed body for aiobotocore: ``size`` bytes in 1 MiB chunks, optionally checksummed."""
-
-    def __init__(self, block: bytes, size: int, algorithm: checksums.Algorithm | None) -> None:
-        self._block = block
-        self._left = size
-        self._hasher = algorithm.new() if algorithm else None
-
-    def __aiter__(self) -> Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._left <= 0:
-            raise StopAsyncIteration
-        chunk = self._block[: min(CHUNK, self._left)]
-        self._left -= len(chunk)
-        if self._hasher is not None:
-            self._hasher.update(chunk)
-        return chunk
-
-    async def read(self, size: int = -1) -> bytes:
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            return b""
-
-    def seek(self, *_: Any) -> int:
-        raise OSError("not seekable")
-
-    def tell(self) -> int:
-        raise OSError("not seekable")
-
-
 async def part_messages(
     header: pb.UploadPartHeader, block: bytes, size: int
 ) -> AsyncIterator[pb.UploadPartRequest]:
@@ -99,37 +62,9 @@ async def part_messages(
         yield pb.UploadPartRequest(data=pb.ChecksummedData(content=chunk))
 
 
-@contextmanager
-def moto_server() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run(size: int, repeat: int, checksum: str) -> Result:
     algorithm = None if checksum == "none" else checksums.BY_NAME[checksum]
+    hashed = [algorithm] if algorithm else []
     block = os.urandom(CHUNK)
     with moto_server() as endpoint, gateway_process("--s3-endpoint-url", endpoint) as gateway:
         config = client_config(Settings(), "us-east-1")
@@ -154,7 +89,10 @@ async def run(size: int, repeat: int, checksum: str) -> Result:
             for _ in range(repeat + 1):  # the first round warms up and is not counted
                 started = time.perf_counter()
                 await s3.upload_part(
-                    **target, PartNumber=1, ContentLength=size, Body=Body(block, size, algorithm)
+                    **target,
+                    PartNumber=1,
+                    ContentLength=size,
+                    Body=Body(block, size, hashed),
                 )
                 direct.append(size / MiB / (time.perf_counter() - started))
                 cpu_before = cpu_seconds(gateway.process.pid)
