@@ -99,6 +99,13 @@ class Settings:
     max_message_size: int = _setting(
         4 * MiB + 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE", "largest gRPC message accepted, bytes"
     )
+    stream_window: int = _setting(
+        1024 * 1024,
+        "GATEWAY_STREAM_WINDOW",
+        "bytes a caller may send ahead of the relay on each stream (its HTTP/2 flow-control "
+        "window): memory per stream is about this plus one message; larger suits callers on "
+        "high-latency links",
+    )
     verify_checksums: bool = _setting(
         True,
         "GATEWAY_VERIFY_CHECKSUMS",
@@ -151,6 +158,10 @@ class Settings:
             "GATEWAY_UNKNOWN_LENGTH_LIMIT must be 0..GATEWAY_MAX_PART_SIZE",
         )
         _check(self.max_message_size >= 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE must be >= 65536")
+        _check(
+            64 * 1024 <= self.stream_window <= 64 * MiB,
+            "GATEWAY_STREAM_WINDOW must be 65536..67108864",
+        )
         _check(
             self.embedded_s3 in ("auto", "on", "off"), "GATEWAY_EMBEDDED_S3 must be auto, on or off"
         )

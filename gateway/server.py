@@ -101,6 +101,10 @@ class Gateway:
                 ("grpc.max_receive_message_length", settings.max_message_size),
                 ("grpc.max_send_message_length", settings.max_message_size),
                 ("grpc.so_reuseport", 0),
+                # A fixed per-stream window bounds what a caller can send ahead of the relay;
+                # BDP probing would grow it with the link's throughput, and memory with it.
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", settings.stream_window),
             ],
         )
         pb_grpc.add_UploadServiceServicer_to_server(service, server)
