@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,6 +41,19 @@ def scrape(running: GatewayThread) -> dict[tuple[str, frozenset[tuple[str, str]]
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def settled(running: GatewayThread) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Scrape once every started call has been counted as handled: a caller gets its status
+    before the server-side interceptor finishes counting the call."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(running)
+        started = sum(v for (name, _), v in samples.items() if name == "grpc_server_started_total")
+        handled = sum(v for (name, _), v in samples.items() if name == "grpc_server_handled_total")
+        if started == handled or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -93,7 +107,7 @@ async def test_counters_after_good_bad_and_cancelled_uploads(
         while value(scrape(running), "s3gateway_inflight_streams") > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    m = scrape(running)
+    m = settled(running)
     part = grpc_labels("UploadPart")
     assert value(m, "grpc_server_started_total", **part) == 3
     assert value(m, "grpc_server_handled_total", **part, grpc_code="OK") == 1
@@ -136,7 +150,7 @@ async def test_s3_errors_are_counted_by_code(make_gateway: Any, new_bucket: str)
                 await stub.AbortMultipartUpload(
                     pb.AbortMultipartUploadRequest(bucket=new_bucket, key="k", upload_id="nope")
                 )
-    m = scrape(running)
+    m = settled(running)
     labels = {"operation": "AbortMultipartUpload", "s3_error_code": "NoSuchUpload"}
     assert value(m, "s3gateway_s3_errors_total", **labels, bucket_type="general") == 2
     aborted = grpc_labels("AbortMultipartUpload", "unary", grpc_code="NotFound")
