@@ -30,7 +30,9 @@ from tests.helpers import (
     data_message,
     error_info,
     header_message,
+    part_messages,
     part_stream,
+    stream,
     upload_part_error,
 )
 
@@ -140,7 +142,8 @@ async def test_content_md5_mismatch_found_by_s3_is_bad_digest(
     rgw_gateway_with: Any, channel_to: Any, new_bucket: str, s3_sync: Any
 ) -> None:
     """With the gateway's own verification off, S3's second check is what catches the lie."""
-    stub = channel_to(rgw_gateway_with(verify_checksums=False))
+    running = rgw_gateway_with(verify_checksums=False)
+    stub = channel_to(running)
     upload_id = await create(stub, new_bucket)
     data = os.urandom(MiB)
     wrong_md5 = base64.b64encode(hashlib.md5(data + b"x").digest()).decode()
@@ -152,7 +155,7 @@ async def test_content_md5_mismatch_found_by_s3_is_bad_digest(
         content_length=len(data),
         content_md5=wrong_md5,
     )
-    error = await rpc_error(stub.UploadPart(part_stream(header, data)))
+    error = await upload_part_error(running.address, part_messages(header, data))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(error).metadata["s3ErrorCode"] == "BadDigest"
     parts = s3_sync.list_parts(Bucket=new_bucket, Key="obj", UploadId=upload_id)
@@ -209,7 +212,8 @@ async def test_sse_c_end_to_end(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    stub = channel_to(rgw_gateway_with(log_level="DEBUG"))
+    running = rgw_gateway_with(log_level="DEBUG")
+    stub = channel_to(running)
     key_fields = sse_fields(SSE_KEY)
     created = await stub.CreateMultipartUpload(
         pb.CreateMultipartUploadRequest(bucket=new_bucket, key="secret.bin", **key_fields)
@@ -240,7 +244,7 @@ async def test_sse_c_end_to_end(
         content_length=3,
         **sse_fields(OTHER_KEY),
     )
-    error = await rpc_error(stub.UploadPart(part_stream(wrong, b"abc")))
+    error = await upload_part_error(running.address, part_messages(wrong, b"abc"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     await stub.CompleteMultipartUpload(
         pb.CompleteMultipartUploadRequest(
@@ -324,23 +328,24 @@ async def test_trailer_checksum_over_https(
     data = os.urandom(MiB)
     trailer = {"checksum_crc32c": checksums.encode(checksums.CRC32C.compute(data))}
 
-    async def send(stub: Any, part_number: int) -> Any:
+    async def part(stub: Any) -> list[pb.UploadPartRequest]:
         upload_id = await create(stub, new_bucket, checksum_algorithm=pb.CHECKSUM_ALGORITHM_CRC32C)
         header = dict(
             bucket=new_bucket,
             key="obj",
             upload_id=upload_id,
-            part_number=part_number,
+            part_number=1,
             content_length=len(data),
             checksum_algorithm=pb.CHECKSUM_ALGORITHM_CRC32C,
         )
-        return await stub.UploadPart(part_stream(header, data, trailer=trailer))
+        return part_messages(header, data, trailer=trailer)
 
-    with_trailers = channel_to(rgw_gateway_with(https=True))
-    error = await rpc_error(send(with_trailers, 1))
+    with_trailers = rgw_gateway_with(https=True)
+    messages = await part(channel_to(with_trailers))
+    error = await upload_part_error(with_trailers.address, messages)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(error).metadata["s3ErrorCode"] == "MissingContentLength"
 
     without = channel_to(rgw_gateway_with(https=True, s3_trailing_checksums=False))
-    response = await send(without, 1)
+    response = await without.UploadPart(stream(await part(without)))
     assert response.etag == f'"{hashlib.md5(data).hexdigest()}"'
