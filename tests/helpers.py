@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from concurrent.futures import Future
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.config import Settings
@@ -167,6 +171,23 @@ async def upload_part_error(address: str, messages: Iterable[pb.UploadPartReques
         raise AssertionError("UploadPart succeeded; an error was expected")
 
     return await asyncio.to_thread(call)
+
+
+async def rpc_error(call: Any) -> Any:
+    """Await a call that must fail; returns its grpc.aio.AioRpcError."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/NAME.py`` (the scripts folder is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:

@@ -6,11 +6,9 @@ these tests assert what the chart promises, rendering through that script's helm
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,19 +16,12 @@ import yaml
 
 from gateway.config import describe
 from gateway.metrics import Metrics
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_check_chart() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_chart", ROOT / "scripts/check_chart.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-chart = _load_check_chart()
+chart = load_script("check_chart")
 CI = chart.CHART / "ci"
 ALL_VALUES = CI / "all-values.yaml"
 #: Variables the chart sets itself, whatever the values say.

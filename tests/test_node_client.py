@@ -6,33 +6,25 @@ only). Without node and npm the tests skip, except in CI (``CI=true``), where th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_EXAMPLE = ROOT / "examples" / "node"
 MiB = 1024 * 1024
 
 
-def _load_check_proto() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_proto", ROOT / "scripts/check_proto.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_proto = _load_check_proto()
+check_proto = load_script("check_proto")
 
 
 @pytest.fixture(scope="module")

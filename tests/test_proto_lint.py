@@ -6,28 +6,20 @@ directory. Without node and npm the tests skip, except in CI (``CI=true``), wher
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_FILE = Path("proto/gateway/v1/upload_service.proto")
 
 
-def _load_check_proto() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_proto", ROOT / "scripts/check_proto.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_proto = _load_check_proto()
+check_proto = load_script("check_proto")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -32,6 +32,7 @@ from tests.helpers import (
     header_message,
     part_messages,
     part_stream,
+    rpc_error,
     stream,
     upload_part_error,
 )
@@ -88,12 +89,6 @@ async def create(stub: Any, new_bucket: str, key: str = "obj", **fields: Any) ->
     )
     upload_id: str = response.upload_id
     return upload_id
-
-
-async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_wrong_secret_key_is_internal_signature_does_not_match(

@@ -25,6 +25,7 @@ from tests.helpers import (
     field_violations,
     part_stream,
     retry_info,
+    rpc_error,
 )
 
 Stub = pb_grpc.UploadServiceStub
@@ -47,12 +48,6 @@ def complete_request(upload: Upload, parts: list[pb.CompletedPart], **extra: Any
     return pb.CompleteMultipartUploadRequest(
         bucket=upload.bucket, key=upload.key, upload_id=upload.upload_id, parts=parts, **extra
     )
-
-
-async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_create_relays_object_attributes(
