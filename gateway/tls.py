@@ -1,0 +1,260 @@
+"""TLS for the gateway's port (optionally mutual), reloaded when the files change; client TLS.
+
+:class:`ServerTLS` reads a certificate chain, its key and optionally a CA bundle for client
+certificates, checks them (PEM, key matches the certificate) and builds server credentials with
+``grpc.dynamic_ssl_server_credentials``. gRPC calls the fetcher before *every* TLS handshake, from
+one of its core threads (never the asyncio loop's thread); the fetcher compares the files' stat
+signatures and re-reads them only when one changed. Paths are resolved again at each look, so a
+Kubernetes Secret update (the kubelet swaps the ``..data`` symlink) is picked up by the next
+connection. Established connections and their streams keep the certificate they were set up with:
+a rotation drops nothing. A half-written or mismatched pair is ignored (one warning per bad set of
+files) and the old certificate keeps serving until a good pair appears.
+
+The fetcher runs with the GIL held on a core thread; it only stats and reads small files under a
+short lock, and never touches the event loop, so it cannot deadlock with it.
+
+grpc Python only knows two client-certificate modes: require-and-verify, or don't ask
+(``GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE``; a client CA given in that mode is ignored and no
+client certificate ever reaches ``auth_context()``). An *optional* client certificate is not
+possible, so :class:`ServerTLS` refuses a client CA with ``require_client_cert=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+log = logging.getLogger(__name__)
+
+#: Largest certificate, key or CA file accepted.
+MAX_PEM_SIZE = 1024 * 1024
+
+#: What identifies a version of a file: (st_ino, st_dev, st_mtime_ns, st_size), after symlinks.
+StatSignature = tuple[int, int, int, int]
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file cannot be used. The message never contains key material."""
+
+
+def _stat(path: str) -> StatSignature:
+    st = os.stat(path)  # follows symlinks: a swapped ..data link yields the new file's inode
+    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_SIZE + 1)
+    except OSError as e:
+        raise TLSConfigError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    if len(data) > MAX_PEM_SIZE:
+        raise TLSConfigError(f"{what} {path!r} is larger than {MAX_PEM_SIZE} bytes")
+    return data
+
+
+def _certificates(data: bytes, path: str, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError(f"{what} {path!r} holds no valid PEM certificate") from None
+    return certs
+
+
+def _private_key(data: bytes, path: str) -> PrivateKeyTypes:
+    # cryptography's messages do not quote the input; they are left out anyway.
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSConfigError(f"key file {path!r} is encrypted; grpc needs it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSConfigError(f"key file {path!r} holds no valid PEM private key") from None
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_pair(cert_file: str, key_file: str) -> tuple[bytes, bytes]:
+    """Read a certificate chain and its key; check both parse and that the key is the leaf's.
+
+    Returns ``(cert_chain_pem, key_pem)``. Raises :class:`TLSConfigError`.
+    """
+    cert_pem = _read(cert_file, "certificate file")
+    key_pem = _read(key_file, "key file")
+    leaf = _certificates(cert_pem, cert_file, "certificate file")[0]
+    key = _private_key(key_pem, key_file)
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise TLSConfigError(
+            f"key file {key_file!r} does not match the certificate in {cert_file!r}"
+        )
+    return cert_pem, key_pem
+
+
+def load_ca(ca_file: str) -> bytes:
+    """Read a PEM bundle of CA certificates (at least one). Raises :class:`TLSConfigError`."""
+    data = _read(ca_file, "CA file")
+    _certificates(data, ca_file, "CA file")
+    return data
+
+
+@dataclass(frozen=True)
+class _Material:
+    """One consistent read of the files, and the stat signatures they had."""
+
+    signature: tuple[StatSignature | None, ...]
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None
+
+
+class ServerTLS:
+    """Server TLS (mTLS when ``client_ca_file`` is set) whose files are reloaded on change.
+
+    With ``client_ca_file``, every client must present a certificate issued by one of its CAs
+    (``require_client_cert`` must stay True, see the module docstring). Without it, no client
+    certificate is requested. The files are read and checked at once: :class:`TLSConfigError`.
+
+    ``reloads`` counts the new certificate sets taken into use after the first.
+    """
+
+    def __init__(
+        self,
+        cert_file: str | os.PathLike[str],
+        key_file: str | os.PathLike[str],
+        client_ca_file: str | os.PathLike[str] | None = None,
+        require_client_cert: bool = True,
+    ) -> None:
+        if client_ca_file is not None and not require_client_cert:
+            raise TLSConfigError(
+                "grpc cannot request an optional client certificate: with a client CA file, "
+                "client certificates must be required"
+            )
+        self.cert_file = os.fspath(cert_file)
+        self.key_file = os.fspath(key_file)
+        self.client_ca_file = None if client_ca_file is None else os.fspath(client_ca_file)
+        self.reloads = 0
+        #: Changed file sets that failed to load (the previous ones stayed in use).
+        self.reload_failures = 0
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._rejected: tuple[StatSignature | None, ...] | None = None
+        material = self._load()
+        if material is None:  # a file changed while it was read: one more try, then give up
+            material = self._load()
+        if material is None:
+            raise TLSConfigError(
+                f"{self.cert_file!r} / {self.key_file!r} kept changing while being read"
+            )
+        self._material = material
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate."""
+        return self.client_ca_file is not None
+
+    def _paths(self) -> tuple[str, ...]:
+        if self.client_ca_file is None:
+            return (self.cert_file, self.key_file)
+        return (self.cert_file, self.key_file, self.client_ca_file)
+
+    def _signature(self) -> tuple[StatSignature | None, ...]:
+        signature: list[StatSignature | None] = []
+        for path in self._paths():
+            try:
+                signature.append(_stat(path))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
+
+    def _load(self) -> _Material | None:
+        """Read and check the files; None when one changed while being read."""
+        before = self._signature()
+        cert_pem, key_pem = load_pair(self.cert_file, self.key_file)
+        client_ca = None if self.client_ca_file is None else load_ca(self.client_ca_file)
+        if self._signature() != before:
+            return None
+        return _Material(before, cert_pem, key_pem, client_ca)
+
+    def _configuration(self, material: _Material) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(material.key_pem, material.cert_pem)], material.client_ca_pem
+        )
+
+    def refresh(self) -> bool:
+        """Re-read the files if their stat signatures changed; True when new ones took effect.
+
+        A set that fails to load keeps the current one and logs one warning (until the files
+        change again). Thread-safe; called by the credentials' fetcher before each handshake.
+        """
+        with self._lock:
+            signature = self._signature()
+            if signature == self._material.signature or signature == self._rejected:
+                return False
+            try:
+                material = self._load()
+            except TLSConfigError as e:
+                self._rejected = signature
+                self.reload_failures += 1
+                log.warning("TLS files not reloaded, still serving the previous ones: %s", e)
+                return False
+            if material is None:  # mid-write: look again at the next handshake
+                return False
+            self._rejected = None
+            self._material = material
+            self._generation += 1
+            self.reloads += 1
+        log.info("TLS certificate reloaded from %s", self.cert_file)
+        return True
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials serving the current files, following later changes."""
+        with self._lock:
+            initial = self._configuration(self._material)
+            served = self._generation
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            # Runs on a grpc core thread before each handshake: no event loop here. Each
+            # credentials object tracks what it serves, so several ports can share one ServerTLS.
+            nonlocal served
+            self.refresh()
+            with self._lock:
+                if served == self._generation:
+                    return None
+                served = self._generation
+                return self._configuration(self._material)
+
+        return grpc.dynamic_ssl_server_credentials(
+            initial,
+            fetch,  # type: ignore[arg-type]  # the stubs omit the documented None (no change)
+            require_client_authentication=self.mutual,
+        )
+
+
+def channel_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """Client TLS credentials: trust ``ca_file`` (else the system roots); present a certificate
+    when ``cert_file`` and ``key_file`` are both given. Raises :class:`TLSConfigError`.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise TLSConfigError("a client certificate needs both cert_file and key_file")
+    root = None if ca_file is None else load_ca(os.fspath(ca_file))
+    cert_pem = key_pem = None
+    if cert_file is not None and key_file is not None:
+        cert_pem, key_pem = load_pair(os.fspath(cert_file), os.fspath(key_file))
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key_pem, certificate_chain=cert_pem
+    )
