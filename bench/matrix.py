@@ -480,7 +480,9 @@ def table(rows: list[Row], latencies: list[Latency], checks: list[dict[str, Any]
     return "\n".join(lines)
 
 
-async def run(plan: Plan, endpoints: Sequence[str]) -> tuple[list[Row], list[Latency]]:
+async def run(
+    plan: Plan, endpoints: Sequence[str], gateway_args: Sequence[str] = ()
+) -> tuple[list[Row], list[Latency]]:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
@@ -492,7 +494,7 @@ async def run(plan: Plan, endpoints: Sequence[str]) -> tuple[list[Row], list[Lat
                 url, _ = stack.enter_context(sink_process())
             else:
                 url = stack.enter_context(moto_server())
-            gateway = stack.enter_context(gateway_server(url))
+            gateway = stack.enter_context(gateway_server(url, *gateway_args))
             more_rows, more_latencies = await run_endpoint(name, url, gateway, plan, progress)
         rows += more_rows
         latencies += more_latencies
@@ -500,6 +502,7 @@ async def run(plan: Plan, endpoints: Sequence[str]) -> tuple[list[Row], list[Lat
 
 
 def main() -> None:
+    global CHUNK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -510,14 +513,28 @@ def main() -> None:
     parser.add_argument(
         "--endpoints", default="sink,moto", help="comma-separated: sink, moto (default both)"
     )
+    parser.add_argument(
+        "--chunk-kib",
+        type=int,
+        default=CHUNK // KiB,
+        help="bytes per data message (B) and per body chunk (A), KiB (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the gateway's serve command, e.g. --gateway-arg=--workers=2",
+    )
     args = parser.parse_args()
+    CHUNK = args.chunk_kib * KiB
     endpoints = [e for e in args.endpoints.split(",") if e]
     if unknown := set(endpoints) - {"sink", "moto"}:
         parser.error(f"unknown endpoints: {', '.join(sorted(unknown))}")
     os.environ.update(AWS_ENV)
     the_plan = plan(args.quick, endpoints)
     started = time.perf_counter()
-    rows, latencies = asyncio.run(run(the_plan, endpoints))
+    rows, latencies = asyncio.run(run(the_plan, endpoints, args.gateway_arg))
     checks = targets(rows, latencies)
     print(table(rows, latencies, checks))
     elapsed = time.perf_counter() - started
@@ -526,6 +543,8 @@ def main() -> None:
         document = {
             "machine": versions(),
             "quick": args.quick,
+            "chunk_kib": args.chunk_kib,
+            "gateway_args": args.gateway_arg,
             "seconds": round(elapsed, 1),
             "rows": [asdict(r) for r in rows],
             "latency": [asdict(lat) for lat in latencies],

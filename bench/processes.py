@@ -67,18 +67,25 @@ class Gateway:
     def pid(self) -> int:
         return self.process.pid
 
+    def pids(self) -> list[int]:
+        """The gateway and its worker processes (``serve --workers N``)."""
+        return [self.pid, *descendants(self.pid)]
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def status(self, field: str) -> int:
-        """A size from /proc/PID/status, in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(field)
+        """A size from /proc/PID/status, in bytes (VmRSS, VmHWM), summed over the processes."""
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(f"{field}:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
     def reset_peak_rss(self) -> None:
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in self.pids():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 @contextmanager
@@ -109,6 +116,24 @@ def gateway_server(endpoint: str, *extra: str) -> Iterator[Gateway]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,6 +21,7 @@ MAX_S3_PART_SIZE = 5 * GiB
 
 AddressingStyle = Literal["auto", "path", "virtual"]
 EmbeddedS3 = Literal["auto", "on", "off"]
+EventLoop = Literal["auto", "asyncio", "uvloop"]
 LogFormat = Literal["json", "text"]
 _ADDRESSING_STYLES = ("auto", "path", "virtual")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -139,6 +140,83 @@ class Settings:
     shutdown_grace: float = _setting(
         30.0, "GATEWAY_SHUTDOWN_GRACE", "seconds in-flight calls get to finish on shutdown"
     )
+    event_loop: EventLoop = _setting(
+        "auto",
+        "GATEWAY_EVENT_LOOP",
+        "asyncio, uvloop (pip install 's3-upload-gateway[fast]'), or auto: uvloop when installed",
+    )
+    workers: int = _setting(
+        1,
+        "GATEWAY_WORKERS",
+        "gateway processes sharing the gRPC port (SO_REUSEPORT; Linux); one per core to use "
+        "them all. With more than one, GATEWAY_EMBEDDED_S3=auto means off and on is refused "
+        "(each worker would get its own in-memory S3); /metrics merges the workers' metrics, "
+        "with a worker label",
+    )
+    tls_cert_file: str | None = _setting(
+        None,
+        "GATEWAY_TLS_CERT_FILE",
+        "PEM certificate (chain) of the gRPC port; with GATEWAY_TLS_KEY_FILE it turns TLS on. "
+        "Both are re-read when they change on disk, without dropping streams",
+    )
+    tls_key_file: str | None = _setting(
+        None, "GATEWAY_TLS_KEY_FILE", "PEM private key of GATEWAY_TLS_CERT_FILE (unencrypted)"
+    )
+    tls_client_ca_file: str | None = _setting(
+        None,
+        "GATEWAY_TLS_CLIENT_CA_FILE",
+        "PEM CAs that issue client certificates: mutual TLS, every connection must present one; "
+        "its URI SAN, else DNS SAN, else CN is the caller's principal",
+    )
+    health_address: str = _setting(
+        "",
+        "GATEWAY_HEALTH_ADDRESS",
+        "host:port of an extra plaintext port for health probes (Kubernetes gRPC probes cannot "
+        "use TLS); with TLS on, UploadService calls arriving there are refused; empty for none",
+    )
+    plaintext: bool = _setting(
+        False,
+        "GATEWAY_PLAINTEXT",
+        "serve without TLS on a non-loopback address (behind a TLS-terminating mesh or proxy); "
+        "without TLS files the gateway refuses to start there otherwise",
+    )
+    auth_tokens_file: str | None = _setting(
+        None,
+        "GATEWAY_AUTH_TOKENS_FILE",
+        "YAML file of principals and SHA-256 hashes of their bearer tokens "
+        "(s3-upload-gateway hash-token); callers send 'authorization: Bearer TOKEN'",
+    )
+    policy_file: str | None = _setting(
+        None,
+        "GATEWAY_POLICY_FILE",
+        "YAML authorization policy: per principal, operations, buckets, key prefixes, part "
+        "sizes; anything it does not allow is denied. Re-read when it changes",
+    )
+    allow_all: bool = _setting(
+        False,
+        "GATEWAY_ALLOW_ALL",
+        "without a policy, let every authenticated caller do everything; a non-loopback "
+        "address needs a policy or this",
+    )
+    max_streams: int = _setting(
+        256, "GATEWAY_MAX_STREAMS", "UploadPart streams in flight at once, over all callers"
+    )
+    max_streams_per_principal: int = _setting(
+        64, "GATEWAY_MAX_STREAMS_PER_PRINCIPAL", "UploadPart streams in flight at once per caller"
+    )
+    max_buffer_bytes: int = _setting(
+        GiB,
+        "GATEWAY_MAX_BUFFER_BYTES",
+        "bytes the gateway may hold for UploadPart streams: each reserves "
+        "GATEWAY_STREAM_WINDOW + GATEWAY_MAX_MESSAGE_SIZE, a part without content_length also "
+        "what it buffers",
+    )
+    idle_timeout: float = _setting(
+        60.0,
+        "GATEWAY_IDLE_TIMEOUT",
+        "seconds an UploadPart stream may go without a message before it is ended and its S3 "
+        "request aborted; 0 disables",
+    )
 
     def __post_init__(self) -> None:
         _check(":" in self.listen_address, "GATEWAY_LISTEN_ADDRESS must be host:port")
@@ -170,6 +248,17 @@ class Settings:
         _check(self.drain_delay >= 0, "GATEWAY_DRAIN_DELAY must be >= 0")
         _check(self.log_format in ("json", "text"), "GATEWAY_LOG_FORMAT must be json or text")
         _check(
+            self.event_loop in ("auto", "asyncio", "uvloop"),
+            "GATEWAY_EVENT_LOOP must be auto, asyncio or uvloop",
+        )
+        _check(1 <= self.workers <= 256, "GATEWAY_WORKERS must be 1..256")
+        _check(
+            self.workers == 1 or self.embedded_s3 != "on",
+            "GATEWAY_EMBEDDED_S3=on needs GATEWAY_WORKERS=1: each worker would get its own "
+            "in-memory S3",
+        )
+        self._check_security()
+        _check(
             self.metrics_address == "" or ":" in self.metrics_address,
             "GATEWAY_METRICS_ADDRESS must be host:port, or empty to disable",
         )
@@ -181,6 +270,51 @@ class Settings:
             )
         if self.s3_ca_bundle is not None:
             _check(os.path.isfile(self.s3_ca_bundle), "GATEWAY_S3_CA_BUNDLE must name a file")
+
+    def _check_security(self) -> None:
+        _check(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together",
+        )
+        _check(
+            self.tls_client_ca_file is None or self.tls_cert_file is not None,
+            "GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE",
+        )
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            _check(path is None or os.path.isfile(path), f"GATEWAY_{name.upper()} must name a file")
+        for name in ("auth_tokens_file", "policy_file"):
+            path = getattr(self, name)
+            _check(path is None or os.path.isfile(path), f"GATEWAY_{name.upper()} must name a file")
+        _check(
+            not (self.allow_all and self.policy_file),
+            "GATEWAY_ALLOW_ALL and GATEWAY_POLICY_FILE contradict each other: choose one",
+        )
+        _check(
+            self.health_address == "" or ":" in self.health_address,
+            "GATEWAY_HEALTH_ADDRESS must be host:port, or empty for none",
+        )
+        exposed = not listens_on_loopback(self.listen_address)
+        _check(
+            not exposed or self.tls_cert_file is not None or self.plaintext,
+            f"{self.listen_address} is not a loopback address: configure TLS "
+            "(GATEWAY_TLS_CERT_FILE, GATEWAY_TLS_KEY_FILE) or set GATEWAY_PLAINTEXT=true",
+        )
+        _check(
+            not exposed or self.policy_file is not None or self.allow_all,
+            f"{self.listen_address} is not a loopback address: configure an authorization "
+            "policy (GATEWAY_POLICY_FILE) or set GATEWAY_ALLOW_ALL=true",
+        )
+        _check(self.max_streams >= 1, "GATEWAY_MAX_STREAMS must be >= 1")
+        _check(
+            self.max_streams_per_principal >= 1, "GATEWAY_MAX_STREAMS_PER_PRINCIPAL must be >= 1"
+        )
+        _check(
+            self.max_buffer_bytes >= self.stream_window + self.max_message_size,
+            "GATEWAY_MAX_BUFFER_BYTES must hold at least one stream: "
+            "GATEWAY_STREAM_WINDOW + GATEWAY_MAX_MESSAGE_SIZE",
+        )
+        _check(self.idle_timeout >= 0, "GATEWAY_IDLE_TIMEOUT must be >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -218,6 +352,7 @@ def _parse(type_name: Any, raw: str, env: str) -> Any:
         "bool": _parse_bool,
         "EmbeddedS3": _parse_switch,
         "LogFormat": str.lower,
+        "EventLoop": str.lower,
         "int": int,
         "float": float,
     }

@@ -13,6 +13,11 @@ The tree:
   - :class:`LengthMismatch` — OUT_OF_RANGE / CONTENT_LENGTH_MISMATCH, more or fewer bytes than
     declared.
   - :class:`S3Error` — S3 answered with an error; the code comes from :data:`S3_ERROR_CODES`.
+  - :class:`Unauthenticated` — UNAUTHENTICATED, the caller proved no identity the gateway knows.
+  - :class:`PermissionDenied` — PERMISSION_DENIED / POLICY_DENIED, the gateway's policy does not
+    allow the call (S3 was not contacted).
+  - :class:`ResourceExhausted` — RESOURCE_EXHAUSTED, an admission limit; RetryInfo when waiting
+    can help (capacity), none when the same request can never fit (a size limit).
 
 :func:`from_s3_exception` turns whatever aiobotocore raised (an S3 error answer, a connection
 failure, a timeout, missing credentials) into one of these.
@@ -119,6 +124,41 @@ class LengthMismatch(GatewayError):
             f"content_length is {expected} but the stream carried {what} bytes; "
             "nothing was committed",
             metadata={"contentLength": str(expected), "received": str(received)},
+        )
+
+
+class Unauthenticated(GatewayError):
+    """No valid credentials: a missing, malformed or unknown token, or no client certificate."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+class PermissionDenied(GatewayError):
+    """The authorization policy does not allow this call; nothing was sent to S3."""
+
+    def __init__(self, message: str, operation: str) -> None:
+        super().__init__(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "POLICY_DENIED",
+            message,
+            metadata={"operation": operation},
+        )
+
+
+class ResourceExhausted(GatewayError):
+    """An admission limit. ``retry_delay`` is set for capacity limits (streams, buffers, an idle
+    stream), where the same request can succeed later."""
+
+    def __init__(
+        self, reason: str, message: str, *, limit: int | float, retry_delay: float | None
+    ) -> None:
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            reason,
+            message,
+            metadata={"limit": str(limit)},
+            retry_delay=retry_delay,
         )
 
 

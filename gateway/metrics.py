@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway import __version__
 from gateway.errors import S3_ERROR_CODES
@@ -65,6 +66,16 @@ PART_SIZE_BUCKETS = (
 )
 #: S3 calls take milliseconds (small parts) to minutes (a 5 GiB part on a slow link).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+#: The ``limit`` label of s3gateway_admission_rejections_total.
+ADMISSION_LIMITS = (
+    "STREAM_LIMIT",
+    "PRINCIPAL_STREAM_LIMIT",
+    "BUFFER_LIMIT",
+    "IDLE_TIMEOUT",
+    "PART_TOO_LARGE",
+)
 
 
 def bucket_type(bucket: str) -> str:
@@ -131,10 +142,39 @@ class Metrics:
         self.inflight_streams = Gauge(
             "s3gateway_inflight_streams", "UploadPart streams in progress.", registry=r
         )
+        self.auth_failures = Counter(
+            "s3gateway_auth_failures_total",
+            "Calls refused UNAUTHENTICATED: no, a malformed or an unknown credential.",
+            registry=r,
+        )
+        self.policy_denials = Counter(
+            "s3gateway_policy_denials_total",
+            "Calls refused PERMISSION_DENIED by the authorization policy.",
+            ("operation",), registry=r,
+        )  # fmt: skip
+        self.admission_rejections = Counter(
+            "s3gateway_admission_rejections_total",
+            "Calls refused or ended RESOURCE_EXHAUSTED, by the limit that was hit.",
+            ("limit",), registry=r,
+        )  # fmt: skip
+        for limit in ADMISSION_LIMITS:
+            self.admission_rejections.labels(limit)
+        self.buffer_bytes = Gauge(
+            "s3gateway_buffer_reserved_bytes",
+            "Bytes reserved by in-flight UploadPart streams (GATEWAY_MAX_BUFFER_BYTES caps it).",
+            registry=r,
+        )
+        self._watched = _WatchedFiles()
+        r.register(self._watched)
         self.build_info = Gauge(
             "s3gateway_build_info", "The gateway's version, always 1.", ("version",), registry=r
         )
         self.build_info.labels(__version__).set(1)
+
+    def watch(self, file: str, watcher: Any) -> None:
+        """Export the ``reloads`` / ``reload_failures`` counts of a file watcher (TLS files,
+        token file, policy file) as s3gateway_config_reloads_total{file, result}."""
+        self._watched.watchers[file] = watcher
 
     def initialize_grpc(self, service: str, methods: dict[str, str]) -> None:
         """Create every method x code series at zero, as go-grpc-prometheus does."""
@@ -155,6 +195,25 @@ class Metrics:
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(int(port), host.strip("[]"), registry=self.registry)
         return server
+
+
+class _WatchedFiles:
+    """Reload counts of the watched files, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.watchers: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "s3gateway_config_reloads",
+            "Times a watched file (TLS files, token file, policy) changed on disk and was re-read, "
+            "by result; a failed reload keeps the previous contents in force.",
+            labels=("file", "result"),
+        )
+        for file, watcher in self.watchers.items():
+            family.add_metric((file, "success"), watcher.reloads)
+            family.add_metric((file, "failure"), watcher.reload_failures)
+        yield family
 
 
 Behavior = Callable[[Any, Any], Awaitable[Any]]

@@ -14,18 +14,28 @@ body remembers why it failed, because aiobotocore reports the abort as a connect
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from awscrt import checksums as crt
 
 from gateway import checksums
 from gateway.checksums import Algorithm, MultiHasher
-from gateway.errors import ChecksumMismatch, GatewayError, InvalidRequest, LengthMismatch
+from gateway.errors import (
+    ChecksumMismatch,
+    GatewayError,
+    InvalidRequest,
+    LengthMismatch,
+    ResourceExhausted,
+)
 from gateway.v1 import upload_service_pb2 as pb
+from gateway.wire import Data, Malformed, PartMessage
 
-Messages = AsyncIterator[pb.UploadPartRequest]
+Messages = AsyncIterator[PartMessage]
+#: A chunk of part bytes: a view into grpc's message buffer, or bytes.
+Chunk = bytes | memoryview
 
 
 @dataclass
@@ -85,33 +95,58 @@ def _trailer_values(trailer: pb.UploadPartTrailer) -> dict[Algorithm, bytes]:
     return values
 
 
+async def next_message(messages: Messages, idle_timeout: float | None) -> PartMessage | None:
+    """The caller's next message (None at the end of the stream), or :class:`ResourceExhausted`
+    when none arrives within ``idle_timeout`` seconds: a stalled or trickling caller must not hold
+    its slot, its buffers and an S3 connection forever."""
+    if idle_timeout is None:
+        return await anext(messages, None)
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await anext(messages, None)
+    except TimeoutError:
+        raise ResourceExhausted(
+            "IDLE_TIMEOUT",
+            f"no message arrived for {idle_timeout:g} s (GATEWAY_IDLE_TIMEOUT); the stream was "
+            "ended and nothing was committed",
+            limit=idle_timeout,
+            retry_delay=0,
+        ) from None
+
+
 class MessageReader:
     """Reads the data and trailer messages that follow the header, enforcing their order."""
 
-    def __init__(self, messages: Messages, plan: ChecksumPlan) -> None:
+    def __init__(
+        self, messages: Messages, plan: ChecksumPlan, *, idle_timeout: float | None = None
+    ) -> None:
         self._messages = messages
         self._plan = plan
+        self._idle_timeout = idle_timeout
         self._trailer_seen = False
         self.ended = False
         #: Part bytes read from the caller so far.
         self.received = 0
 
-    async def next_data(self) -> bytes | None:
+    async def next_data(self) -> Chunk | None:
         """The next chunk of part bytes, or None when the stream has ended."""
         while not self.ended:
-            message = await anext(self._messages, None)
+            message = await next_message(self._messages, self._idle_timeout)
             if message is None:
                 self.ended = True
                 return None
-            kind = message.WhichOneof("message")
-            if kind == "data":
+            if isinstance(message, Data):
                 if self._trailer_seen:
                     raise InvalidRequest("data", "no data may follow the trailer")
-                content = _checked_content(message.data)
+                content = _checked_content(message)
                 self.received += len(content)
                 if content:
                     return content
-            elif kind == "trailer":
+                continue
+            if isinstance(message, Malformed):
+                raise InvalidRequest("message", f"is not valid protobuf: {message.error}")
+            kind = message.WhichOneof("message")
+            if kind == "trailer":
                 if self._trailer_seen:
                     raise InvalidRequest("trailer", "only one trailer may be sent")
                 self._trailer_seen = True
@@ -123,9 +158,9 @@ class MessageReader:
         return None
 
 
-def _checked_content(data: pb.ChecksummedData) -> bytes:
+def _checked_content(data: Data) -> Chunk:
     content = data.content
-    if data.HasField("crc32c"):
+    if data.crc32c is not None:
         computed = crt.crc32c(content)
         if computed != data.crc32c:
             raise ChecksumMismatch(
@@ -137,17 +172,51 @@ def _checked_content(data: pb.ChecksummedData) -> bytes:
     return content
 
 
+#: A checksum update estimated to take longer than this runs in a worker thread.
+INLINE_HASH_SECONDS = 0.001
+
+
+class BackgroundHasher:
+    """Feeds chunks to a :class:`MultiHasher` in order, in a worker thread when an update would
+    hold the event loop for more than :data:`INLINE_HASH_SECONDS`.
+
+    At most one update is in flight: :meth:`update` waits for the previous one, then starts the
+    next and returns, so hashing chunk N overlaps with sending it to S3 and receiving chunk N+1,
+    and concurrent streams hash on every core (hashlib and awscrt release the GIL on large
+    buffers). Memory stays at one extra chunk per stream."""
+
+    def __init__(self, algorithms: set[Algorithm]) -> None:
+        self._hasher = MultiHasher(algorithms)
+        self._pending: asyncio.Future[None] | None = None
+
+    async def update(self, chunk: Chunk) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        if len(chunk) * self._hasher.seconds_per_byte <= INLINE_HASH_SECONDS:
+            self._hasher.update(chunk)
+        else:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(None, self._hasher.update, chunk)
+
+    async def digests(self) -> dict[Algorithm, bytes]:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        return self._hasher.digests()
+
+
 class PartBody:
     """A request body for aiobotocore that relays, counts, checksums and holds back."""
 
     def __init__(self, reader: MessageReader, plan: ChecksumPlan, content_length: int) -> None:
         self._reader = reader
         self._plan = plan
-        self._hasher = MultiHasher(plan.algorithms)
+        self._hasher = BackgroundHasher(plan.algorithms)
         self._expected = content_length
         self._received = 0
         self._finished = False
-        self._leftover = b""
+        self._leftover: Chunk = b""
         #: Bytes handed to aiohttp so far.
         self.released = 0
         #: Why the body aborted the upload, if it did.
@@ -162,13 +231,13 @@ class PartBody:
     def __aiter__(self) -> PartBody:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> Chunk:
         chunk = await self._next_chunk()
         if not chunk:
             raise StopAsyncIteration
         return chunk
 
-    async def read(self, size: int = -1) -> bytes:
+    async def read(self, size: int = -1) -> Chunk:
         """File-like access, used by botocore's aws-chunked wrapper."""
         if not self._leftover:
             self._leftover = await self._next_chunk()
@@ -184,7 +253,7 @@ class PartBody:
     def tell(self) -> int:
         raise io.UnsupportedOperation("a relayed part cannot be rewound")
 
-    async def _next_chunk(self) -> bytes:
+    async def _next_chunk(self) -> Chunk:
         if self._finished:
             return b""
         try:
@@ -195,14 +264,14 @@ class PartBody:
         self.released += len(chunk)
         return chunk
 
-    async def _pull(self) -> bytes:
+    async def _pull(self) -> Chunk:
         chunk = await self._reader.next_data()
         if chunk is None:
             raise LengthMismatch(self._expected, self._received, more=False)
         self._received += len(chunk)
         if self._received > self._expected:
             raise LengthMismatch(self._expected, self._received, more=True)
-        self._hasher.update(chunk)
+        await self._hasher.update(chunk)
         if self._received == self._expected:
             await self._finish()
         return chunk
@@ -212,14 +281,21 @@ class PartBody:
         extra = await self._reader.next_data()
         if extra is not None:
             raise LengthMismatch(self._expected, self._received + len(extra), more=True)
-        self.digests = self._hasher.digests()
+        self.digests = await self._hasher.digests()
         self._plan.verify(self.digests)
         self._finished = True
 
 
-async def read_whole_part(reader: MessageReader, limit: int, declared: int | None) -> bytes:
+async def read_whole_part(
+    reader: MessageReader,
+    limit: int,
+    declared: int | None,
+    *,
+    hold: Callable[[int], None] | None = None,
+) -> bytes:
     """Buffer a small part: one sent without content_length (at most ``limit`` bytes), or one
-    whose declared length is zero."""
+    whose declared length is zero. ``hold`` is told of each chunk's size before it is kept (it
+    may refuse by raising)."""
     buffer = bytearray()
     while (chunk := await reader.next_data()) is not None:
         if declared is not None and len(buffer) + len(chunk) > declared:
@@ -230,14 +306,16 @@ async def read_whole_part(reader: MessageReader, limit: int, declared: int | Non
                 f"is required for parts larger than {limit} bytes",
                 reason="CONTENT_LENGTH_REQUIRED",
             )
+        if hold is not None:
+            hold(len(chunk))
         buffer += chunk
     return bytes(buffer)
 
 
-def verify_whole_part(data: bytes, plan: ChecksumPlan) -> dict[Algorithm, bytes]:
+async def verify_whole_part(data: bytes, plan: ChecksumPlan) -> dict[Algorithm, bytes]:
     """Checksum a buffered part and verify it; returns the digests."""
-    hasher = MultiHasher(plan.algorithms)
-    hasher.update(data)
-    digests = hasher.digests()
+    hasher = BackgroundHasher(plan.algorithms)
+    await hasher.update(data)
+    digests = await hasher.digests()
     plan.verify(digests)
     return digests

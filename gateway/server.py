@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from aiobotocore.session import get_session
@@ -24,9 +24,10 @@ from gateway.config import Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
 from gateway.metrics import Metrics, MetricsInterceptor
 from gateway.s3 import S3, open_s3
-from gateway.service import UploadService
+from gateway.security import Guard
+from gateway.service import UploadService, add_to_server
+from gateway.tls import ServerTLS
 from gateway.v1 import upload_service_pb2 as pb
-from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,17 @@ class Gateway:
     key) are given: the embedded S3 uses fixed ones, and tests use a store's own.
     """
 
-    def __init__(self, settings: Settings, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: tuple[str, str] | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
         self.settings = settings
         self._credentials = credentials
+        #: Share the listen port with other processes (SO_REUSEPORT): ``serve --workers N``.
+        self.reuse_port = reuse_port
         self.port = 0
         self.s3_endpoint_url = ""
         self.s3: S3 | None = None
@@ -55,6 +64,9 @@ class Gateway:
         self._hurry = asyncio.Event()
         #: The port /metrics is served on (0 when disabled).
         self.metrics_port = 0
+        #: The plaintext health probe port (0 when disabled).
+        self.health_port = 0
+        self.guard: Guard | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -69,9 +81,12 @@ class Gateway:
                 open_s3(settings, self.metrics, credentials)
             )
             self.s3_endpoint_url = s3.endpoint_url
-            service = UploadService(s3, settings, self.metrics)
+            self.guard = Guard(settings, self.metrics)
+            service = UploadService(s3, settings, self.metrics, self.guard)
             self._server = self._build_server(settings, service)
-            self.port = self._server.add_insecure_port(settings.listen_address)
+            self.port = self._add_port(settings)
+            if settings.health_address:
+                self.health_port = self._server.add_insecure_port(settings.health_address)
             if settings.metrics_address:
                 self._serve_metrics(settings.metrics_address)
             await self._server.start()
@@ -88,6 +103,26 @@ class Gateway:
             extra={FIELDS: {"grpc_port": self.port, "metrics_port": self.metrics_port}},
         )
 
+    def _add_port(self, settings: Settings) -> int:
+        """Listen with TLS when certificate files are configured, else in plaintext."""
+        assert self._server is not None
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            if not listens_on_loopback(settings.listen_address):
+                log.warning(
+                    "serving PLAINTEXT gRPC on %s (GATEWAY_PLAINTEXT=true): tokens and data "
+                    "cross the network unencrypted unless a mesh or proxy encrypts them",
+                    settings.listen_address,
+                )
+            return self._server.add_insecure_port(settings.listen_address)
+        tls = ServerTLS(
+            settings.tls_cert_file,
+            settings.tls_key_file,
+            settings.tls_client_ca_file,
+            require_client_cert=settings.tls_client_ca_file is not None,
+        )
+        self.metrics.watch("tls", tls)
+        return self._server.add_secure_port(settings.listen_address, tls.credentials())
+
     def _serve_metrics(self, address: str) -> None:
         server = self.metrics.serve(address)
         self._stack.callback(server.server_close)
@@ -100,14 +135,14 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_size),
                 ("grpc.max_send_message_length", settings.max_message_size),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.reuse_port)),
                 # A fixed per-stream window bounds what a caller can send ahead of the relay;
                 # BDP probing would grow it with the link's throughput, and memory with it.
                 ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.lookahead_bytes", settings.stream_window),
             ],
         )
-        pb_grpc.add_UploadServiceServicer_to_server(service, server)
+        add_to_server(service, server)
         self.metrics.initialize_grpc(SERVICE_NAME, _method_types())
         services = [SERVICE_NAME]
         if settings.health:
@@ -192,9 +227,17 @@ def _create_bucket(url: str, bucket: str) -> None:
         pass
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; a second signal cancels in-flight calls."""
-    gateway = Gateway(settings)
+async def run(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    started: Callable[[Gateway], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; a second signal cancels in-flight calls.
+
+    ``started`` is called once the gateway serves (a ``serve --workers`` worker reports its ports
+    with it); an exception before then means the gateway could not start."""
+    gateway = Gateway(settings, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     hurry: set[asyncio.Task[None]] = set()
@@ -210,6 +253,8 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         await gateway.start()
+        if started is not None:
+            started(gateway)
         await stopping.wait()
         log.info("shutting down: in-flight calls get up to %.0f s", settings.shutdown_grace)
         await gateway.stop(drain_delay=settings.drain_delay)

@@ -20,16 +20,34 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway import checksums, convert, logs, validate
+from gateway.auth import Principal
 from gateway.checksums import Algorithm
-from gateway.config import Settings
-from gateway.errors import GatewayError, InvalidRequest, LengthMismatch
-from gateway.metrics import Metrics, bucket_type
-from gateway.relay import ChecksumPlan, MessageReader, PartBody, read_whole_part, verify_whole_part
+from gateway.config import MAX_S3_PART_SIZE, Settings
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LengthMismatch,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from gateway.metrics import ADMISSION_LIMITS, Metrics, bucket_type
+from gateway.relay import (
+    ChecksumPlan,
+    MessageReader,
+    PartBody,
+    next_message,
+    read_whole_part,
+    verify_whole_part,
+)
 from gateway.s3 import S3
+from gateway.security import Guard
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from gateway.wire import Data, Malformed, PartMessage, decode_part_message, decoder
 
 log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["UploadService"]
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 #: The checksum directory buckets get when the caller names none.
@@ -74,10 +92,14 @@ class CallRecord:
     bucket: str = ""
     part_number: int = 0
     bytes: int = 0
+    #: Who made the call, once authenticated.
+    principal: Principal | None = None
 
     def fields(self, code: grpc.StatusCode, seconds: float) -> dict[str, Any]:
         fields: dict[str, Any] = {"method": self.method, "code": code.name}
         fields["duration_ms"] = round(seconds * 1000, 3)
+        if self.principal is not None:
+            fields["principal"] = self.principal.name
         if self.bucket:
             fields["bucket"] = self.bucket
         if self.part_number:
@@ -107,6 +129,11 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
         code = grpc.StatusCode.OK
         try:
             try:
+                record.principal = self._guard.authenticate(context)
+                if isinstance(request, Malformed):
+                    raise InvalidRequest("request", f"is not valid protobuf: {request.error}")
+                if handler.__name__ != "UploadPart":
+                    self._authorize(handler.__name__, record.principal, request)
                 return await handler(self, request, context)
             except GatewayError as exc:
                 error = exc
@@ -139,14 +166,31 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
 class UploadService(pb_grpc.UploadServiceServicer):
     """Relays the S3 multipart upload API."""
 
-    def __init__(self, s3: S3, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, s3: S3, settings: Settings, metrics: Metrics, guard: Guard) -> None:
         self._s3 = s3
         self._settings = settings
         self._metrics = metrics
+        self._guard = guard
 
     def _count_failure(self, error: GatewayError) -> None:
+        m = self._metrics
         if error.reason == "CHECKSUM_MISMATCH":
-            self._metrics.checksum_mismatches.labels(error.metadata["algorithm"]).inc()
+            m.checksum_mismatches.labels(error.metadata["algorithm"]).inc()
+        elif error.code == grpc.StatusCode.UNAUTHENTICATED:
+            m.auth_failures.inc()
+        elif isinstance(error, PermissionDenied):
+            m.policy_denials.labels(error.metadata["operation"]).inc()
+        elif isinstance(error, ResourceExhausted) and error.reason in ADMISSION_LIMITS:
+            m.admission_rejections.labels(error.reason).inc()
+
+    def _authorize(self, operation: str, principal: Principal, request: Any) -> None:
+        """The policy check of a unary call, before it is validated or sent anywhere."""
+        if operation == "ListMultipartUploads":
+            self._guard.authorize(principal, operation, request.bucket, prefix=request.prefix)
+            return
+        self._guard.authorize(principal, operation, request.bucket, request.key)
+        if operation == "UploadPartCopy":
+            self._guard.authorize_copy_source(principal, request.copy_source)
 
     def _check_object(self, request: Any) -> None:
         _check_object(request)
@@ -192,20 +236,26 @@ class UploadService(pb_grpc.UploadServiceServicer):
 
     @rpc
     async def UploadPart(
-        self, request_iterator: AsyncIterator[pb.UploadPartRequest], context: Context
+        self, request_iterator: AsyncIterator[PartMessage], context: Context
     ) -> pb.UploadPartResponse:
-        self._metrics.inflight_streams.inc()
-        try:
-            return await self._upload_part(request_iterator)
-        finally:
-            self._metrics.inflight_streams.dec()
+        record = _current_call.get()
+        assert record.principal is not None
+        with self._guard.stream(record.principal):
+            self._metrics.inflight_streams.inc()
+            try:
+                return await self._upload_part(request_iterator, record.principal)
+            finally:
+                self._metrics.inflight_streams.dec()
 
     async def _upload_part(
-        self, request_iterator: AsyncIterator[pb.UploadPartRequest]
+        self, request_iterator: AsyncIterator[PartMessage], principal: Principal
     ) -> pb.UploadPartResponse:
-        header = await _read_header(request_iterator)
+        idle = self._settings.idle_timeout or None
+        header = await _read_header(request_iterator, idle)
         record = _current_call.get()
         record.bucket, record.part_number = header.bucket, header.part_number
+        size = header.content_length if header.HasField("content_length") else None
+        self._guard.authorize(principal, "UploadPart", header.bucket, header.key, part_size=size)
         declared = self._check_part_header(header)
         if _wants_default_checksum(header, declared):
             header.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(
@@ -214,7 +264,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         plan = ChecksumPlan.for_header(header, declared)
         if not self._settings.verify_checksums:
             plan = ChecksumPlan()
-        reader = MessageReader(request_iterator, plan)
+        reader = MessageReader(request_iterator, plan, idle_timeout=idle)
         params = convert.to_params(header, "UploadPart")
         kind = bucket_type(header.bucket)
         try:
@@ -233,7 +283,16 @@ class UploadService(pb_grpc.UploadServiceServicer):
         validate.upload_id(header.upload_id)
         validate.part_number(header.part_number)
         if header.HasField("content_length"):
-            validate.content_length(header.content_length, self._settings.max_part_size)
+            validate.content_length(header.content_length, MAX_S3_PART_SIZE)
+            if header.content_length > self._settings.max_part_size:
+                raise ResourceExhausted(
+                    "PART_TOO_LARGE",
+                    f"content_length {header.content_length} exceeds this gateway's largest part, "
+                    f"{self._settings.max_part_size} bytes (GATEWAY_MAX_PART_SIZE): send smaller "
+                    "parts",
+                    limit=self._settings.max_part_size,
+                    retry_delay=None,
+                )
         if header.checksum_algorithm and header.checksum_algorithm not in checksums.BY_PROTO:
             raise InvalidRequest("checksum_algorithm", "is not a known algorithm")
         validate.sse_customer(header)
@@ -266,8 +325,25 @@ class UploadService(pb_grpc.UploadServiceServicer):
         header: pb.UploadPartHeader,
     ) -> dict[str, Any]:
         declared = header.content_length if header.HasField("content_length") else None
-        data = await read_whole_part(reader, self._settings.unknown_length_limit, declared)
-        digests = verify_whole_part(data, plan)
+        held = 0
+
+        def hold(size: int) -> None:
+            nonlocal held
+            self._guard.budget.take(size)
+            held += size
+
+        try:
+            data = await read_whole_part(
+                reader, self._settings.unknown_length_limit, declared, hold=hold
+            )
+            return await self._send_buffered(data, plan, params)
+        finally:
+            self._guard.budget.give_back(held)
+
+    async def _send_buffered(
+        self, data: bytes, plan: ChecksumPlan, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        digests = await verify_whole_part(data, plan)
         if plan.announced is not None and plan.announced.s3_member not in params:
             params[plan.announced.s3_member] = checksums.encode(digests[plan.announced])
         params.update(Body=data, ContentLength=len(data))
@@ -352,11 +428,15 @@ class UploadService(pb_grpc.UploadServiceServicer):
         return _reply(response, pb.ListMultipartUploadsResponse(), "ListMultipartUploads")
 
 
-async def _read_header(messages: AsyncIterator[pb.UploadPartRequest]) -> pb.UploadPartHeader:
-    first = await anext(messages, None)
+async def _read_header(
+    messages: AsyncIterator[PartMessage], idle_timeout: float | None
+) -> pb.UploadPartHeader:
+    first = await next_message(messages, idle_timeout)
     if first is None:
         raise InvalidRequest("header", "the stream is empty; the first message must be a header")
-    if first.WhichOneof("message") != "header":
+    if isinstance(first, Malformed):
+        raise InvalidRequest("message", f"is not valid protobuf: {first.error}")
+    if isinstance(first, Data) or first.WhichOneof("message") != "header":
         raise InvalidRequest("header", "the first message must be a header")
     return first.header
 
@@ -401,3 +481,24 @@ def _check_checksum_choice(algorithm: int, checksum_type: int) -> None:
 def _reply(response: dict[str, Any], message: Response, operation: str) -> Response:
     convert.from_response(response, message, operation)  # type: ignore[arg-type]
     return message
+
+
+def add_to_server(service: UploadService, server: grpc.aio.Server) -> None:
+    """Register ``service`` with the gateway's own request decoders (:mod:`gateway.wire`) in
+    place of the generated ones."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        behavior = getattr(service, method.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                behavior, decode_part_message, serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behavior, decoder(getattr(pb, method.input_type.name)), serialize
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]

