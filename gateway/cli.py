@@ -1,7 +1,9 @@
 """The ``s3-upload-gateway`` command.
 
-``serve`` runs the gateway; the other subcommands (``upload-part``, ``create-multipart-upload``, …)
-call a running gateway with the options and output of ``aws s3api`` (:mod:`gateway.s3api_cli`).
+``serve`` runs the gateway; ``hash-token`` makes an entry of the token file
+(``GATEWAY_AUTH_TOKENS_FILE``); the other subcommands (``upload-part``,
+``create-multipart-upload``, …) call a running gateway with the options and output of
+``aws s3api`` (:mod:`gateway.s3api_cli`).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway import __version__, logs, reaper, s3api_cli, upload_cli
 from gateway.config import ConfigError, Settings
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(subparsers)
+    _add_hash_token(subparsers)
     s3api_cli.register(subparsers)
     reaper.register(subparsers)
     upload_cli.register(subparsers)
@@ -79,14 +83,106 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"s3-upload-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(settings)
     from gateway.server import run
 
     try:
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(run(settings))
+    except ImportError as exc:
+        print(f"s3-upload-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"s3-upload-gateway: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_hash_token(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "hash-token",
+        help="make a token file entry (GATEWAY_AUTH_TOKENS_FILE) for a bearer token",
+        description="Print the entry of GATEWAY_AUTH_TOKENS_FILE's 'tokens' list for a bearer "
+        "token: the principal and the token's SHA-256. The token is read from the first line "
+        "of stdin (without echo on a terminal), or made with --generate. Clients send it with "
+        "--token-file or $GATEWAY_TOKEN.",
+    )
+    parser.add_argument(
+        "--principal", required=True, metavar="NAME", help="the name the token's caller gets"
+    )
+    parser.add_argument(
+        "--generate",
+        action="store_true",
+        help="make a new random token (256 bits) instead of reading one; it is printed on the "
+        "first line of stdout, before the entry: store it safely, it is not shown again",
+    )
+    parser.set_defaults(func=_hash_token)
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    import yaml
+
+    from gateway.auth import generate_token, hash_token
+    from gateway.client import bearer_metadata
+
+    principal = args.principal.strip()
+    if not principal or not principal.isprintable():
+        return _usage("hash-token", "--principal must be a non-empty name without control codes")
+    if args.generate:
+        token = generate_token()
+    else:
+        if sys.stdin.isatty():
+            token = getpass.getpass("token: ").strip()
+        else:
+            token = sys.stdin.readline().strip()
+        if not token:
+            return _usage("hash-token", "no token on stdin (or use --generate)")
+        try:
+            bearer_metadata(token)
+        except ValueError as exc:
+            return _usage("hash-token", str(exc))
+    entry = yaml.safe_dump(
+        [{"principal": principal, "sha256": hash_token(token)}],
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+    )
+    if not args.generate:
+        sys.stdout.write(entry)
+        return 0
+    sys.stdout.write(f"{token}\n{entry}")
+    sys.stdout.flush()
+    print(
+        "s3-upload-gateway hash-token: the first line is the new token: store it safely (a "
+        "secret store); it is kept nowhere else. The lines after it are its entry for the "
+        "'tokens' list of GATEWAY_AUTH_TOKENS_FILE.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _usage(command: str, message: str) -> int:
+    print(f"s3-upload-gateway {command}: error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on: uvloop's when chosen (or, for auto, installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ImportError(
+                "GATEWAY_EVENT_LOOP=uvloop needs uvloop: pip install 's3-upload-gateway[fast]'"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _as_variable(value: object) -> str:

@@ -18,6 +18,15 @@ fails with a retryable status is re-sent with exponential backoff (honouring the
 ``part_size * concurrency``: a part is read only when a worker takes it; a file's part is re-read
 from disk on retry, a stream's part is kept in memory until it is committed.
 
+A gateway that authenticates its callers takes a bearer token (``token=``, sent as
+``authorization: Bearer <token>`` metadata on every call), a client certificate over TLS
+(``client_cert=`` and ``client_key=``: mutual TLS), or both::
+
+    async with GatewayClient.connect(
+        "gateway.internal:443", tls=True, ca_bundle="ca.pem", token=os.environ["GATEWAY_TOKEN"]
+    ) as client:
+        ...
+
 Every failed call raises :class:`GatewayCallError`, built from the ``google.rpc.Status`` the
 gateway puts in the ``grpc-status-details-bin`` trailer (its ``ErrorInfo`` and ``RetryInfo``).
 
@@ -28,7 +37,10 @@ carries one): see :attr:`GatewayCallError.is_core_internal`. The client first av
 it can (it stops writing once the call has ended, and then reads the real status). When it still
 happens, :meth:`GatewayClient.upload_part` asks the gateway about the header alone (a stream of
 just the header: nothing can be committed); a header the gateway refuses (bad SSE-C key MD5, bad
-part number…) yields the gateway's real error, which is raised instead. Otherwise the INTERNAL
+part number…) yields the gateway's real error, which is raised instead. A gateway refuses bad
+credentials as soon as the call starts, before any message, which such a probe can race too; the
+client then asks about its credentials with a unary call that the gateway answers without S3 (an
+empty ListParts) and raises UNAUTHENTICATED when that is the answer. Otherwise the INTERNAL
 stays, and counts as retryable; a refusal that the gateway learns only from S3 once data flows (an
 unknown upload id) then surfaces as that INTERNAL after the last attempt.
 """
@@ -42,6 +54,7 @@ import hashlib
 import math
 import os
 import random
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
@@ -51,6 +64,7 @@ from awscrt import checksums as crt
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import checksums
+from gateway.tls import channel_credentials
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
@@ -78,6 +92,12 @@ RETRYABLE_CODES = frozenset(
 _CORE_INTERNAL = "Internal error from Core"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
+#: The metadata key of the bearer token.
+AUTHORIZATION = "authorization"
+#: RFC 6750's b64token, what the gateway accepts after ``Bearer``.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: Per-call metadata: ``(key, value)`` pairs.
+Metadata = tuple[tuple[str, str], ...]
 
 #: ``(bytes_done, total)``; total is None while the size is unknown.
 ProgressCallback = Callable[[int, int | None], None]
@@ -156,6 +176,22 @@ async def _rpc(call: Awaitable[T]) -> T:
         return await call
     except grpc.aio.AioRpcError as error:
         raise GatewayCallError.from_rpc_error(error) from None
+
+
+def bearer_metadata(token: str | None) -> Metadata:
+    """The call metadata carrying ``token``: ``authorization: Bearer <token>``; none without a
+    token. Raises ValueError for a token that is empty or not a bearer token (RFC 6750's
+    characters); the message never contains the token."""
+    if token is None:
+        return ()
+    if not token:
+        raise ValueError("the token is empty")
+    if _TOKEN_RE.fullmatch(token) is None:
+        raise ValueError(
+            "the token is not a bearer token: it may hold only letters, digits and "
+            "-._~+/ (with = at the end), no spaces or line breaks"
+        )
+    return ((AUTHORIZATION, f"Bearer {token}"),)
 
 
 # --- part sizing ---------------------------------------------------------------------------------
@@ -441,28 +477,56 @@ class _Sent:
 class GatewayClient:
     """The gateway's ``UploadService`` over a ``grpc.aio`` channel.
 
-    ``timeout`` (seconds) applies to each unary call; UploadPart takes its own.
+    ``timeout`` (seconds) applies to each unary call; UploadPart takes its own. ``token``, when
+    given, is sent as ``authorization: Bearer <token>`` metadata with every call (it is never
+    shown by ``repr`` or in error messages).
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, timeout: float | None = None, token: str | None = None
+    ) -> None:
         self.channel = channel
         self.timeout = timeout
+        # Metadata passed to each call rather than added by an interceptor: an intercepted
+        # client-streaming call proxies write() through a queue and a task, which would change the
+        # early-end handling UploadPart relies on (grpc/grpc#36066, see upload_part).
+        self._metadata = bearer_metadata(token)
         self._stub: pb_grpc.UploadServiceAsyncStub = pb_grpc.UploadServiceStub(channel)
+
+    def __repr__(self) -> str:
+        token = ", token=<hidden>" if self._metadata else ""
+        return f"{type(self).__name__}(timeout={self.timeout}{token})"
 
     @classmethod
     def connect(
-        cls, target: str, *, tls: bool = False, ca_bundle: str | None = None
+        cls,
+        target: str,
+        *,
+        tls: bool = False,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        client_cert: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
     ) -> GatewayClient:
-        """A client on a new channel to ``target`` (``host:port``); TLS trusts ``ca_bundle``
-        (a PEM file) or the system's CAs."""
+        """A client on a new channel to ``target`` (``host:port``).
+
+        TLS trusts ``ca_bundle`` (a PEM file) or the system's CAs; ``client_cert`` and
+        ``client_key`` (PEM files, the key unencrypted) are presented for mutual TLS and need
+        ``tls=True``. ``token`` goes with every call as a bearer token. Raises ValueError for
+        a bad combination, a bad token or unusable certificate files
+        (:class:`gateway.tls.TLSConfigError`)."""
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if client_cert is not None and not tls:
+            raise ValueError("a client certificate (mutual TLS) needs tls=True")
+        bearer_metadata(token)  # refuse a bad token before opening anything
         if not tls:
-            return cls(grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS))
-        roots = None
-        if ca_bundle is not None:
-            with open(ca_bundle, "rb") as handle:
-                roots = handle.read()
-        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-        return cls(grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS))
+            channel = grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
+        else:
+            credentials = channel_credentials(ca_bundle, client_cert, client_key)
+            channel = grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS)
+        return cls(channel, timeout=timeout, token=token)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -478,7 +542,9 @@ class GatewayClient:
     async def create_multipart_upload(
         self, request: pb.CreateMultipartUploadRequest
     ) -> pb.CreateMultipartUploadResponse:
-        return await _rpc(self._stub.CreateMultipartUpload(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.CreateMultipartUpload(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     async def upload_part(
         self,
@@ -496,7 +562,7 @@ class GatewayClient:
         echoes a trailer value in the response only when it stored it (the gateway reaches S3
         over https); the gateway verified it in any case."""
         chunks = _as_chunks(body)
-        call = self._stub.UploadPart(None, timeout=self.timeout)
+        call = self._stub.UploadPart(None, timeout=self.timeout, metadata=self._metadata)
         try:
             if await _send_part(call, header, chunks, on_sent, on_checksum):
                 await call.done_writing()
@@ -510,43 +576,71 @@ class GatewayClient:
         return response
 
     async def _explain(self, error: GatewayCallError, header: pb.UploadPartHeader) -> Exception:
-        """For grpc/grpc#36066's INTERNAL, the gateway's real answer to the header, if the header
-        is what it refused; else the error itself."""
-        if not error.is_core_internal or not header.content_length:
+        """For grpc/grpc#36066's INTERNAL, the gateway's real answer: to the header, if the header
+        is what it refused; else to the credentials, if they are what it refused (at the start of
+        the call, where a probe stream can race the same way); else the error itself."""
+        if not error.is_core_internal:
             return error
-        probe = self._stub.UploadPart(None, timeout=self.timeout)
+        if header.content_length:
+            probe = self._stub.UploadPart(None, timeout=self.timeout, metadata=self._metadata)
+            try:
+                if await _write(probe, pb.UploadPartRequest(header=header)):
+                    await probe.done_writing()
+                await probe
+            except grpc.aio.AioRpcError as probe_error:
+                real = GatewayCallError.from_rpc_error(probe_error)
+                if real.error_info is not None and real.code != grpc.StatusCode.OUT_OF_RANGE:
+                    return real
+        return await self._refused_credentials() or error
+
+    async def _refused_credentials(self) -> GatewayCallError | None:
+        """UNAUTHENTICATED when the gateway refuses this client's credentials, else None. Asked
+        with an empty ListParts, which the gateway refuses before anything reaches S3: for the
+        credentials, else for the request itself."""
         try:
-            await probe.write(pb.UploadPartRequest(header=header))
-            await probe.done_writing()
-            await probe
+            await self._stub.ListParts(
+                pb.ListPartsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as probe_error:
             real = GatewayCallError.from_rpc_error(probe_error)
-            if real.error_info is not None and real.code != grpc.StatusCode.OUT_OF_RANGE:
+            if real.code == grpc.StatusCode.UNAUTHENTICATED and real.error_info is not None:
                 return real
-        return error
+        return None
 
     async def upload_part_copy(
         self, request: pb.UploadPartCopyRequest
     ) -> pb.UploadPartCopyResponse:
-        return await _rpc(self._stub.UploadPartCopy(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.UploadPartCopy(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     async def complete_multipart_upload(
         self, request: pb.CompleteMultipartUploadRequest
     ) -> pb.CompleteMultipartUploadResponse:
-        return await _rpc(self._stub.CompleteMultipartUpload(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.CompleteMultipartUpload(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+        )
 
     async def abort_multipart_upload(
         self, request: pb.AbortMultipartUploadRequest
     ) -> pb.AbortMultipartUploadResponse:
-        return await _rpc(self._stub.AbortMultipartUpload(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.AbortMultipartUpload(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     async def list_parts(self, request: pb.ListPartsRequest) -> pb.ListPartsResponse:
-        return await _rpc(self._stub.ListParts(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.ListParts(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     async def list_multipart_uploads(
         self, request: pb.ListMultipartUploadsRequest
     ) -> pb.ListMultipartUploadsResponse:
-        return await _rpc(self._stub.ListMultipartUploads(request, timeout=self.timeout))
+        return await _rpc(
+            self._stub.ListMultipartUploads(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     # --- whole uploads ---
 

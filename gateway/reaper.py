@@ -5,7 +5,9 @@ a lifecycle rule aborts it. Directory buckets (S3 Express One Zone) have no such
 command does the job: it lists the bucket's uploads through the gateway (ListMultipartUploads,
 every page), and aborts each one initiated longer ago than ``--older-than``. ``--dry-run`` only
 lists. It works for both bucket types and needs no AWS credentials of its own: run it as a
-Kubernetes CronJob against the gateway's Service.
+Kubernetes CronJob against the gateway's Service. A gateway that authenticates its callers takes
+a bearer token (--token-file, else $GATEWAY_TOKEN) and/or, over https://, a client certificate
+(--client-cert and --client-key).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 EXIT_USAGE = 252
 EXIT_FAILED = 254
+EXIT_CONNECTION = 255
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -88,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     except s3api_cli.UsageError as exc:
         print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except s3api_cli.ConnectionFailure as exc:
+        print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
     cutoff = dt.datetime.now(dt.UTC) - args.older_than
     verb = "would abort" if args.dry_run else "aborted"
     found = failed = 0

@@ -4,6 +4,10 @@
 :class:`gateway.client.GatewayClient`: parts in parallel, checksummed, retried; a progress bar on
 stderr when it is a terminal; the ETag and checksum as JSON on stdout.
 
+A gateway that authenticates its callers gets the token of ``--token-file`` or
+``$GATEWAY_TOKEN`` and, for https://, the client certificate of ``--client-cert`` and
+``--client-key``, as with the s3api commands.
+
 ``demo`` needs nothing running: it starts the embedded S3 (moto) and a gateway in this process,
 uploads a generated file through the gateway, reads it back from the S3 store, compares, and
 prints a summary.
@@ -250,7 +254,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "upload",
         help="upload a file through the gateway (multipart, parallel, checksummed)",
         description="Upload FILE (- for stdin) to s3://BUCKET/KEY through a running gateway. "
-        "Prints the ETag and checksum as JSON.",
+        "Prints the ETag and checksum as JSON. A gateway that authenticates its callers takes "
+        f"a bearer token (--token-file, else ${s3api_cli.TOKEN_ENV}) and/or, over https://, a "
+        "client certificate (--client-cert and --client-key).",
     )
     upload.add_argument("file", metavar="FILE", help="the file to upload, - for stdin")
     upload.add_argument("destination", metavar="s3://BUCKET/KEY")
@@ -276,20 +282,18 @@ def run_upload(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         bucket, key = parse_destination(args.destination)
-        endpoint, credentials = _endpoint(args)
+        connection = s3api_cli.connection(args, None)
     except (UsageError, s3api_cli.UsageError, OSError) as exc:
         return _fail("upload", exc, EXIT_USAGE)
     except s3api_cli.ConnectionFailure as exc:
         return _fail("upload", exc, EXIT_CONNECTION)
     progress = ProgressBar(sys.stderr)
     try:
-        result = asyncio.run(
-            _upload(endpoint, credentials, args.file, bucket, key, options, progress)
-        )
+        result = asyncio.run(_upload(connection, args.file, bucket, key, options, progress))
     except GatewayCallError as exc:
         progress.finish()
         code = EXIT_CONNECTION if _unreachable(exc) else EXIT_FAILED
-        return _fail("upload", _describe(exc, endpoint.url), code)
+        return _fail("upload", _describe(exc, connection.endpoint.url), code)
     except (OSError, ValueError) as exc:
         progress.finish()
         return _fail("upload", exc, EXIT_FAILED)
@@ -298,39 +302,26 @@ def run_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint(
-    args: argparse.Namespace,
-) -> tuple[s3api_cli.Endpoint, tuple[grpc.ChannelCredentials, list[tuple[str, str]]] | None]:
-    """The gateway's address, and TLS credentials for https:// (as the s3api commands do)."""
-    url = args.endpoint_url or os.environ.get(s3api_cli.ENDPOINT_ENV) or s3api_cli.DEFAULT_ENDPOINT
-    endpoint = s3api_cli.Endpoint.parse(url)
-    if not endpoint.tls:
-        return endpoint, None
-    verify = not args.no_verify_ssl
-    return endpoint, s3api_cli._channel_credentials(endpoint, args.ca_bundle, verify, None)
-
-
-def _open_client(
-    endpoint: s3api_cli.Endpoint,
-    credentials: tuple[grpc.ChannelCredentials, list[tuple[str, str]]] | None,
-) -> GatewayClient:
-    if credentials is None:
-        return GatewayClient(grpc.aio.insecure_channel(endpoint.target, _CHANNEL_OPTIONS))
-    creds, options = credentials
-    channel = grpc.aio.secure_channel(endpoint.target, creds, _CHANNEL_OPTIONS + options)
-    return GatewayClient(channel)
+def _open_client(connection: s3api_cli.Connection) -> GatewayClient:
+    """A client on a new channel, with the connection's TLS credentials and bearer token."""
+    target = connection.endpoint.target
+    if connection.credentials is None:
+        channel = grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
+    else:
+        options = _CHANNEL_OPTIONS + connection.options
+        channel = grpc.aio.secure_channel(target, connection.credentials, options)
+    return GatewayClient(channel, token=connection.token)
 
 
 async def _upload(
-    endpoint: s3api_cli.Endpoint,
-    credentials: tuple[grpc.ChannelCredentials, list[tuple[str, str]]] | None,
+    connection: s3api_cli.Connection,
     file: str,
     bucket: str,
     key: str,
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
 ) -> UploadResult:
-    async with _open_client(endpoint, credentials) as client:
+    async with _open_client(connection) as client:
         if file == "-":
             return await client.upload_stream(
                 sys.stdin.buffer, bucket, key, None, options, progress
