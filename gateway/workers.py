@@ -1,0 +1,496 @@
+"""``serve --workers N``: N gateway processes sharing one gRPC port, so one pod uses all its cores.
+
+The supervisor (the ``serve`` process) reserves the port: it binds a socket with SO_REUSEPORT
+(picking a free port when the listen port is 0) and keeps it bound, never listening, for its
+lifetime. It then starts N workers (multiprocessing, "spawn"); each runs the ordinary gateway on
+that host:port with ``grpc.so_reuseport`` on, so the kernel spreads new connections across them
+(by a hash of the connection's addresses and ports: one connection stays with one worker).
+
+Each worker serves its own /metrics on a loopback port and reports its ports through a pipe once
+started. The supervisor serves GATEWAY_METRICS_ADDRESS: on every scrape it reads every worker's
+/metrics and exposes the union, each sample with a ``worker="0".."N-1"`` label (sum over it in
+PromQL), plus ``s3gateway_worker_up{worker}``.
+
+Signals: SIGTERM or SIGINT to the supervisor is forwarded to every worker, a second one too (the
+workers then cancel in-flight calls), and to a worker still starting once it serves; the
+supervisor exits 0 once every worker has exited cleanly.
+Workers live in their own process group (a terminal's ^C reaches only the supervisor, which
+forwards it once) and get SIGTERM if the supervisor dies (PR_SET_PDEATHSIG). A worker that exits
+on its own, or fails to start, makes the supervisor stop the others (SIGTERM, then SIGKILL after
+GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit non-zero, so the pod restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import http.client
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import logs
+from gateway.cli import EXIT_CONFIG, loop_factory
+from gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: The signals the supervisor forwards and the workers handle.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Seconds the supervisor waits for a worker's /metrics on a scrape.
+SCRAPE_TIMEOUT = 2.0
+#: Seconds beyond a worker's drain delay and shutdown grace before it is killed.
+STOP_MARGIN = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def supervise(settings: Settings) -> int:
+    """Run ``settings.workers`` gateways on one port until they stop; the exit code."""
+    try:
+        loop_factory(settings.event_loop)  # refuse a missing uvloop before starting anything
+    except ImportError as exc:
+        _complain(f"configuration error: {exc}")
+        return EXIT_CONFIG
+    stack = contextlib.ExitStack()
+    try:
+        collector = WorkerMetrics()
+        try:
+            reservation = stack.enter_context(reserve_port(settings.listen_address))
+            metrics_port = 0
+            if settings.metrics_address:
+                server = serve_metrics(collector, settings.metrics_address)
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
+                metrics_port = server.server_port
+        except (OSError, ValueError) as exc:
+            _complain(f"cannot serve: {exc}")
+            return 1
+        host = settings.listen_address.rpartition(":")[0]
+        address = f"{host}:{reservation.getsockname()[1]}"
+        worker_settings = settings.replace(
+            listen_address=address,
+            workers=1,
+            metrics_address="127.0.0.1:0" if settings.metrics_address else "",
+            # One in-memory S3 per worker would split uploads between stores.
+            embedded_s3="off" if settings.embedded_s3 == "auto" else settings.embedded_s3,
+        )
+        return _Supervisor(settings, worker_settings, collector, metrics_port).run()
+    finally:
+        stack.close()
+
+
+@contextlib.contextmanager
+def reserve_port(address: str) -> Iterator[socket.socket]:
+    """A socket bound (not listening) to ``address`` with SO_REUSEPORT: it keeps the port for
+    the workers, who bind it too; it never receives connections."""
+    host, _, port = address.rpartition(":")
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    reservation = socket.socket(family, kind, proto)
+    try:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind(sockaddr)
+        yield reservation
+    finally:
+        reservation.close()
+
+
+def serve_metrics(collector: WorkerMetrics, address: str) -> Any:
+    """Serve the workers' merged /metrics on ``address``; returns the server (``.server_port``)."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    host, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+    return server
+
+
+class WorkerMetrics:
+    """A prometheus_client collector: every worker's /metrics, read at scrape time, merged, with
+    a ``worker`` label on every sample."""
+
+    def __init__(self, timeout: float = SCRAPE_TIMEOUT) -> None:
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._ports: dict[int, int] = {}
+
+    def add(self, worker: int, port: int) -> None:
+        with self._lock:
+            self._ports[worker] = port
+
+    def remove(self, worker: int) -> None:
+        with self._lock:
+            self._ports.pop(worker, None)
+
+    def describe(self) -> list[Metric]:
+        return []  # the names are known only once workers answer
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            targets = sorted(self._ports.items())
+        up = GaugeMetricFamily(
+            "s3gateway_worker_up",
+            "1 when the worker's metrics were read for this scrape, else 0.",
+            labels=["worker"],
+        )
+        families: dict[str, Metric] = {}
+        if targets:
+            with concurrent.futures.ThreadPoolExecutor(min(len(targets), 16)) as pool:
+                parsed = list(pool.map(self._read, (port for _, port in targets)))
+            for (worker, _), worker_families in zip(targets, parsed, strict=True):
+                up.add_metric([str(worker)], 0 if worker_families is None else 1)
+                _merge(families, worker_families or [], str(worker))
+        yield from _fold_created(families).values()
+        yield up
+
+    def _read(self, port: int) -> list[Metric] | None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=self._timeout)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            text = response.read().decode()
+            if response.status != 200:
+                return None
+            return list(text_string_to_metric_families(text))
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            log.warning("cannot read a worker's metrics on port %d: %s", port, exc)
+            return None
+        finally:
+            connection.close()
+
+
+def _merge(families: dict[str, Metric], worker_families: Iterable[Metric], worker: str) -> None:
+    for family in worker_families:
+        merged = families.get(family.name)
+        if merged is None:
+            merged = families[family.name] = Metric(
+                family.name, family.documentation, family.type, family.unit
+            )
+        merged.samples.extend(
+            sample._replace(labels={**sample.labels, "worker": worker}) for sample in family.samples
+        )
+
+
+def _fold_created(families: dict[str, Metric]) -> dict[str, Metric]:
+    """Put ``X_created`` back into its counter, histogram or summary ``X``: the text format
+    exposes it as a gauge of its own, which the parser reads as a separate family; OpenMetrics
+    wants it inside ``X``, next to the series it belongs to."""
+    for name in [n for n, f in families.items() if n.endswith("_created") and f.type == "gauge"]:
+        base = families.get(name.removesuffix("_created"))
+        if base is not None and base.type in ("counter", "histogram", "summary"):
+            base.samples.extend(families.pop(name).samples)
+            base.samples[:] = _grouped(base.samples)
+    return families
+
+
+def _grouped(samples: list[Any]) -> list[Any]:
+    """Samples of one series together (buckets, count, sum, created), as OpenMetrics requires,
+    in the order they came."""
+    series: dict[frozenset[tuple[str, str]], list[Any]] = {}
+    for sample in samples:
+        key = frozenset((k, v) for k, v in sample.labels.items() if k not in ("le", "quantile"))
+        series.setdefault(key, []).append(sample)
+    return [sample for group in series.values() for sample in group]
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    #: The end of the pipe the worker reports on; None once read.
+    report: Connection | None
+    #: Set once it reported serving: it handles signals from then on.
+    ready: bool = False
+    #: Signals for it, held until it is ready (before, SIGTERM would kill it half-started).
+    owed: list[int] = field(default_factory=list)
+    #: Set when it is expected to exit: the supervisor stopped it, or it failed to start.
+    stopped: bool = False
+    reaped: bool = False
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.exitcode is None
+
+
+class _Supervisor:
+    def __init__(
+        self, settings: Settings, worker_settings: Settings, metrics: WorkerMetrics, port: int
+    ) -> None:
+        self.settings = settings
+        self.worker_settings = worker_settings
+        self.metrics = metrics
+        self.metrics_port = port
+        self.workers: list[_Worker] = []
+        self.signals: list[int] = []
+        self.forwarded = 0
+        #: The exit code once a worker failed or exited on its own.
+        self.failure: int | None = None
+        self.deadline: float | None = None
+        self.killed = False
+        self.stop_timeout = settings.shutdown_grace + settings.drain_delay + STOP_MARGIN
+
+    def run(self) -> int:
+        wake, waker = socket.socketpair()
+        wake.setblocking(False)
+        waker.setblocking(False)
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        previous_wakeup = signal.set_wakeup_fd(waker.fileno())
+        try:
+            for index in range(self.settings.workers):
+                self._start(index)
+            log.info(
+                "starting %d workers on %s",
+                len(self.workers),
+                self.worker_settings.listen_address,
+                extra={logs.FIELDS: {"worker_pids": [w.pid for w in self.workers]}},
+            )
+            self._loop(wake)
+        finally:
+            for worker in self.workers:
+                if worker.alive:  # only on a bug in the loop: never leave orphans
+                    worker.process.kill()
+                    worker.process.join()
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            wake.close()
+            waker.close()
+        if self.killed:
+            return 1
+        if self.failure is not None:
+            return self.failure
+        return 0 if all(w.process.exitcode == 0 for w in self.workers) else 1
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)  # forwarded by the loop, woken by the wakeup fd
+
+    def _start(self, index: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        report, writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_worker_main,
+            args=(self.worker_settings, index, writer, os.getpid()),
+            name=f"gateway-worker-{index}",
+        )
+        try:
+            process.start()
+        finally:
+            writer.close()
+        self.workers.append(_Worker(index, process, report))
+
+    def _loop(self, wake: socket.socket) -> None:
+        while not all(w.reaped for w in self.workers):
+            timeout = None if self.deadline is None else max(0, self.deadline - time.monotonic())
+            waitables: list[Any] = [wake]
+            waitables += [w.process.sentinel for w in self.workers if not w.reaped]
+            waitables += [w.report for w in self.workers if w.report is not None]
+            ready = wait(waitables, timeout)
+            with contextlib.suppress(BlockingIOError):
+                while wake.recv(512):
+                    pass
+            self._forward_signals()
+            for worker in self.workers:
+                if worker.report is not None and worker.report in ready:
+                    self._read_report(worker)
+            for worker in self.workers:
+                if not worker.reaped and not worker.alive:
+                    self._reap(worker)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self._kill_stragglers()
+
+    def _forward_signals(self) -> None:
+        while self.forwarded < len(self.signals):
+            signum = self.signals[self.forwarded]
+            self.forwarded += 1
+            name = signal.Signals(signum).name
+            if self.forwarded == 1:
+                log.info("%s: stopping %d workers", name, self.settings.workers)
+            else:
+                log.warning("%s again: workers cancel their in-flight calls", name)
+            for worker in self.workers:
+                self._send(worker, signum)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + self.stop_timeout
+
+    def _read_report(self, worker: _Worker) -> None:
+        assert worker.report is not None
+        try:
+            message = worker.report.recv()
+        except EOFError:
+            message = None  # it died before reporting: its exit code tells
+        worker.report.close()
+        worker.report = None
+        if message is None:
+            return
+        if message[0] == "failed":
+            _, code, text = message
+            worker.stopped = True
+            if self.failure is None and not self.signals:
+                _complain(text)
+                self.failure = code
+                self._stop_all()
+            return
+        _, grpc_port, metrics_port = message
+        worker.ready = True
+        for signum in worker.owed:
+            os.kill(worker.pid, signum)
+        worker.owed.clear()
+        if metrics_port:
+            self.metrics.add(worker.index, metrics_port)
+        if all(w.ready for w in self.workers) and not self.signals and self.failure is None:
+            log.info(
+                "serving with %d workers on %s",
+                len(self.workers),
+                self.worker_settings.listen_address,
+                extra={
+                    logs.FIELDS: {
+                        "grpc_port": grpc_port,
+                        "metrics_port": self.metrics_port,
+                        "worker_pids": [w.pid for w in self.workers],
+                    }
+                },
+            )
+
+    def _reap(self, worker: _Worker) -> None:
+        if worker.report is not None and worker.report.poll():
+            self._read_report(worker)  # a start failure reported just before exiting
+        worker.process.join()
+        worker.reaped = True
+        self.metrics.remove(worker.index)
+        code = worker.process.exitcode
+        fields = {logs.FIELDS: {"worker": worker.index, "pid": worker.pid, "exit_code": code}}
+        if self.signals or worker.stopped:
+            level = logging.INFO if code == 0 else logging.WARNING
+            log.log(level, "worker %d exited with code %s", worker.index, code, extra=fields)
+            return
+        log.error("worker %d exited unexpectedly with code %s", worker.index, code, extra=fields)
+        if self.failure is None:
+            self.failure = 1
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.alive and not worker.stopped:
+                worker.stopped = True
+                self._send(worker, signal.SIGTERM)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.stop_timeout
+
+    def _send(self, worker: _Worker, signum: int) -> None:
+        if not worker.alive:
+            return
+        if worker.ready:
+            os.kill(worker.pid, signum)
+        else:
+            worker.owed.append(signum)
+
+    def _kill_stragglers(self) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                log.error(
+                    "worker %d still running %.0f s after being stopped: killing it",
+                    worker.index,
+                    self.stop_timeout,
+                )
+                worker.process.kill()
+                self.killed = True
+        self.deadline = None
+
+
+def _complain(message: str) -> None:
+    print(f"s3-upload-gateway: {message}", file=sys.stderr, flush=True)
+
+
+# The worker process.
+
+
+def _worker_main(settings: Settings, index: int, report: Connection, supervisor: int) -> None:
+    """A worker's entry point (in a spawned process): serve until signalled."""
+    _detach(supervisor)
+    logs.configure(settings.log_level, settings.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerField(index))
+    code = 0
+    try:
+        factory = loop_factory(settings.event_loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            code = runner.run(_serve(settings, report))
+    finally:
+        report.close()
+    if code:
+        raise SystemExit(code)
+
+
+def _detach(supervisor: int) -> None:
+    """Leave the supervisor's process group, so a terminal's ^C reaches only the supervisor
+    (which forwards it once), and get SIGTERM when the supervisor dies, however it dies."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:
+        raise SystemExit(1)  # the supervisor died before this worker got going
+
+
+class _WorkerField(logging.Filter):
+    """Adds ``worker`` to every log record's fields."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self._index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, logs.FIELDS, None) or {}
+        setattr(record, logs.FIELDS, {"worker": self._index, **fields})
+        return True
+
+
+async def _serve(settings: Settings, report: Connection) -> int:
+    """:func:`gateway.server.run` on a shared port, reporting its ports (or why it could not
+    start) to the supervisor; the exit code."""
+    from gateway.server import Gateway, run
+
+    ready = False
+
+    def started(gateway: Gateway) -> None:
+        nonlocal ready
+        ready = True
+        report.send(("ready", gateway.port, gateway.metrics_port))
+
+    try:
+        await run(settings, reuse_port=True, started=started)
+    except ImportError as exc:
+        if ready:
+            raise
+        report.send(("failed", EXIT_CONFIG, f"configuration error: {exc}"))
+        return EXIT_CONFIG
+    except Exception as exc:
+        if ready:
+            raise
+        log.debug("worker cannot start", exc_info=True)
+        report.send(("failed", 1, f"cannot serve: {type(exc).__name__}: {exc}"))
+        return 1
+    return 0
