@@ -236,7 +236,7 @@ def test_unset_config_keys_render_nothing(minimal: Manifests) -> None:
 
 def test_every_gateway_setting_is_configurable(everything: Manifests, secured: Manifests) -> None:
     """By config (all-values.yaml), or by tls, auth and authorization (tls-values.yaml: mutual TLS
-    and tokens, which the reaper of all-values.yaml cannot be combined with)."""
+    and tokens)."""
     missing = gateway_variables() - NOT_EXPOSED - set(env(everything)) - set(env(secured))
     assert not missing, f"add these settings to the chart's config: {sorted(missing)}"
 
@@ -425,17 +425,136 @@ def test_inconsistent_tls_is_refused(values: dict[str, Any], expected: str) -> N
     assert expected in refused({"authorization.allowAll": True, **values})
 
 
+def reaper_pod(manifests: Manifests) -> dict[str, Any]:
+    spec: dict[str, Any] = only(manifests, "CronJob")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    return spec
+
+
+def test_the_reaper_presents_its_certificate_and_token(secured: Manifests) -> None:
+    """With mutual TLS and tokens, each reap-uploads presents reaper.clientCert and sends the token
+    of reaper.token, both files of Secret volumes (no subPath: never a stale rotated file)."""
+    job = reaper_pod(secured)
+    first, second = job["containers"]
+    assert first["args"][:13] == [
+        "reap-uploads",
+        "--endpoint-url",
+        "https://gateway-s3-upload-gateway:50051",
+        "--ca-bundle",
+        "/etc/s3-upload-gateway/ca/ca.crt",
+        "--client-cert",
+        "/etc/s3-upload-gateway/client-cert/tls.crt",
+        "--client-key",
+        "/etc/s3-upload-gateway/client-cert/tls.key",
+        "--token-file",
+        "/etc/s3-upload-gateway/token/reaper-token",
+        "--bucket",
+        "ingest-eu",
+    ]
+    assert second["args"][:12] == first["args"][:12] and second["args"][12] == "archive"
+    expected_mounts = [
+        {"name": "gateway-ca", "mountPath": "/etc/s3-upload-gateway/ca", "readOnly": True},
+        {
+            "name": "client-cert",
+            "mountPath": "/etc/s3-upload-gateway/client-cert",
+            "readOnly": True,
+        },
+        {"name": "token", "mountPath": "/etc/s3-upload-gateway/token", "readOnly": True},
+    ]
+    assert first["volumeMounts"] == second["volumeMounts"] == expected_mounts
+    volumes = {v["name"]: v for v in job["volumes"]}
+    assert set(volumes) == {"gateway-ca", "client-cert", "token"}
+    assert volumes["client-cert"]["secret"] == {
+        "secretName": "s3-upload-gateway-reaper-cert",
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+        "defaultMode": 0o440,
+    }
+    assert volumes["token"]["secret"] == {
+        "secretName": "s3-upload-gateway-reaper-token",
+        "items": [{"key": "reaper-token", "path": "reaper-token"}],
+        "defaultMode": 0o440,
+    }
+    # The token is read from its file: never on the command line, nor in the environment.
+    assert "env" not in first and "envFrom" not in first
+
+
+def test_the_policy_of_tls_values_grants_the_reaper_its_work() -> None:
+    """The reaper's principal is its token's: tls-values.yaml's policy must let it reap."""
+    values = yaml.safe_load(TLS_VALUES.read_text())
+    (grant,) = values["authorization"]["policy"]["principals"]["reaper"]
+    assert set(grant["operations"]) == {"ListMultipartUploads", "AbortMultipartUpload"}
+
+
+def test_the_reaper_sends_its_token_over_plaintext_behind_a_mesh() -> None:
+    manifests = render(
+        {
+            "auth.tokens.existingSecret": "tokens",
+            "reaper.enabled": True,
+            "reaper.buckets": ["uploads"],
+            "reaper.token.existingSecret": "reaper-token",
+        }
+    )
+    job = reaper_pod(manifests)
+    (reaper,) = job["containers"]
+    assert reaper["args"][1:5] == [
+        "--endpoint-url",
+        "gateway-s3-upload-gateway:50051",
+        "--token-file",
+        "/etc/s3-upload-gateway/token/token",
+    ]
+    assert reaper["volumeMounts"] == [
+        {"name": "token", "mountPath": "/etc/s3-upload-gateway/token", "readOnly": True}
+    ]
+    (volume,) = job["volumes"]
+    assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"tls.clientCA.secretName": "client-ca"}, "cannot present a client certificate"),
-        ({"auth.tokens.existingSecret": "tokens"}, "cannot send a bearer token"),
+        (
+            {"reaper.clientCert.secretName": ""},
+            "reaper.enabled with tls.clientCA needs reaper.clientCert.secretName",
+        ),
+        (
+            {"reaper.token.existingSecret": ""},
+            "reaper.enabled with auth.tokens needs reaper.token.existingSecret",
+        ),
+        (
+            {"tls.clientCA.secretName": ""},
+            "reaper.clientCert.secretName needs tls.clientCA",
+        ),
+        (
+            {"auth.tokens.existingSecret": ""},
+            "reaper.token.existingSecret needs auth.tokens",
+        ),
     ],
 )
-def test_the_reaper_cannot_authenticate(values: dict[str, Any], expected: str) -> None:
-    reaper = {"reaper.enabled": True, "reaper.buckets": ["uploads"]}
-    message = refused({**reaper, **values}, TLS_VALUES)
-    assert "reaper.enabled cannot be combined with" in message and expected in message
+def test_the_reaper_needs_the_credentials_the_gateway_requires(
+    values: dict[str, Any], expected: str
+) -> None:
+    assert expected in refused(values, TLS_VALUES)
+
+
+def test_a_reaper_without_any_credential_lists_every_missing_one() -> None:
+    message = refused(
+        {"reaper.clientCert.secretName": "", "reaper.token.existingSecret": ""}, TLS_VALUES
+    )
+    assert "needs reaper.clientCert.secretName" in message
+    assert "needs reaper.token.existingSecret" in message
+
+
+def test_a_disabled_reaper_needs_no_credentials() -> None:
+    manifests = chart.render(
+        [TLS_VALUES],
+        set_values={
+            "reaper.enabled": False,
+            "reaper.clientCert.secretName": "",
+            "reaper.token.existingSecret": "",
+        },
+    )
+    assert not chart.find(manifests, "CronJob")
 
 
 def test_security_files_are_volumes_never_sub_path(secured: Manifests) -> None:

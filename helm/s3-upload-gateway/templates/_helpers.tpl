@@ -130,13 +130,16 @@ shutdown time plus 10 s for the process to exit after cancelling what is left.
 {{- end }}
 
 {{/*
-Where the security files are mounted in the gateway's container (and the CA in the reaper's).
+Where the security files are mounted in the gateway's container, and the reaper's (the gateway's
+CA, its client certificate and its bearer token).
 */}}
 {{- define "s3-upload-gateway.tlsDir" -}}/etc/s3-upload-gateway/tls{{- end }}
 {{- define "s3-upload-gateway.clientCADir" -}}/etc/s3-upload-gateway/client-ca{{- end }}
 {{- define "s3-upload-gateway.tokensDir" -}}/etc/s3-upload-gateway/tokens{{- end }}
 {{- define "s3-upload-gateway.policyDir" -}}/etc/s3-upload-gateway/policy{{- end }}
 {{- define "s3-upload-gateway.reaperCADir" -}}/etc/s3-upload-gateway/ca{{- end }}
+{{- define "s3-upload-gateway.reaperClientCertDir" -}}/etc/s3-upload-gateway/client-cert{{- end }}
+{{- define "s3-upload-gateway.reaperTokenDir" -}}/etc/s3-upload-gateway/token{{- end }}
 
 {{/*
 The ConfigMap holding the authorization policy: the chart's own (from authorization.policy), or
@@ -199,12 +202,17 @@ work. Every problem is reported at once.
 {{- else if not (or $authz.allowAll $authz.policy $authz.existingConfigMap) }}
 {{- $problems = append $problems "the gateway refuses to serve a pod address without an authorization policy: set authorization.policy (or existingConfigMap), or authorization.allowAll=true" }}
 {{- end }}
-{{- if .Values.reaper.enabled }}
-{{- if $tls.clientCA.secretName }}
-{{- $problems = append $problems "reaper.enabled cannot be combined with tls.clientCA: reap-uploads cannot present a client certificate" }}
+{{- $reaper := .Values.reaper }}
+{{- if $reaper.enabled }}
+{{- if and $tls.clientCA.secretName (not $reaper.clientCert.secretName) }}
+{{- $problems = append $problems "reaper.enabled with tls.clientCA needs reaper.clientCert.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key) holding a client certificate the client CA issued, which reap-uploads presents (the gateway refuses connections without one)" }}
+{{- else if and $reaper.clientCert.secretName (not $tls.clientCA.secretName) }}
+{{- $problems = append $problems "reaper.clientCert.secretName needs tls.clientCA: without mutual TLS the gateway asks for no client certificate" }}
 {{- end }}
-{{- if .Values.auth.tokens.existingSecret }}
-{{- $problems = append $problems "reaper.enabled cannot be combined with auth.tokens: reap-uploads cannot send a bearer token" }}
+{{- if and .Values.auth.tokens.existingSecret (not $reaper.token.existingSecret) }}
+{{- $problems = append $problems "reaper.enabled with auth.tokens needs reaper.token.existingSecret: a Secret holding the reaper's bearer token (under reaper.token.key), which reap-uploads sends" }}
+{{- else if and $reaper.token.existingSecret (not .Values.auth.tokens.existingSecret) }}
+{{- $problems = append $problems "reaper.token.existingSecret needs auth.tokens: without a token file the gateway ignores bearer tokens, or with tls.clientCA rejects them" }}
 {{- end }}
 {{- end }}
 {{- if $problems }}
