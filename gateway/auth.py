@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Largest token file accepted.
@@ -57,7 +59,7 @@ _BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9\-._~+/]+=*)")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(ConfigError):
     """The token file cannot be used."""
 
 

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(run(settings))
-    except ImportError as exc:
+    except (ImportError, ConfigError) as exc:
         print(f"s3-upload-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:

@@ -393,7 +393,14 @@ def _has_host_name(url: str) -> bool:
 
 def listens_on_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _check(ok: bool, message: str) -> None:

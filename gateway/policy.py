@@ -62,6 +62,7 @@ from typing import NoReturn
 
 import yaml
 
+from gateway.config import ConfigError
 from gateway.v1 import upload_service_pb2
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ _SIZE = re.compile(r"([0-9]{1,20})\s*(" + "|".join(_SIZE_UNITS) + r")?", re.ASCI
 _GLOB_CHARS = frozenset("*?[")
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError):
     """A policy cannot be read, parsed or validated."""
 
 

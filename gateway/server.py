@@ -107,12 +107,8 @@ class Gateway:
         """Listen with TLS when certificate files are configured, else in plaintext."""
         assert self._server is not None
         if settings.tls_cert_file is None or settings.tls_key_file is None:
-            if not listens_on_loopback(settings.listen_address):
-                log.warning(
-                    "serving PLAINTEXT gRPC on %s (GATEWAY_PLAINTEXT=true): tokens and data "
-                    "cross the network unencrypted unless a mesh or proxy encrypts them",
-                    settings.listen_address,
-                )
+            if warning := plaintext_warning(settings):
+                log.warning("%s", warning)
             return self._server.add_insecure_port(settings.listen_address)
         tls = ServerTLS(
             settings.tls_cert_file,
@@ -172,6 +168,16 @@ class Gateway:
         self._hurry.set()
         if self._server is not None:
             await self._server.stop(0)
+
+
+def plaintext_warning(settings: Settings) -> str | None:
+    """What to warn about when the gRPC port serves plaintext beyond loopback."""
+    if settings.tls_cert_file is not None or listens_on_loopback(settings.listen_address):
+        return None
+    return (
+        f"serving PLAINTEXT gRPC on {settings.listen_address} (GATEWAY_PLAINTEXT=true): tokens "
+        "and data cross the network unencrypted unless a mesh or proxy encrypts them"
+    )
 
 
 def _method_types() -> dict[str, str]:

@@ -32,6 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
+from gateway.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Largest certificate, key or CA file accepted.
@@ -41,7 +43,7 @@ MAX_PEM_SIZE = 1024 * 1024
 StatSignature = tuple[int, int, int, int]
 
 
-class TLSConfigError(ValueError):
+class TLSConfigError(ConfigError):
     """A certificate, key or CA file cannot be used. The message never contains key material."""
 
 

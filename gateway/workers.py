@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
 from gateway.cli import EXIT_CONFIG, loop_factory
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ async def _serve(settings: Settings, report: Connection) -> int:
 
     try:
         await run(settings, reuse_port=True, started=started)
-    except ImportError as exc:
+    except (ImportError, ConfigError) as exc:
         if ready:
             raise
         report.send(("failed", EXIT_CONFIG, f"configuration error: {exc}"))

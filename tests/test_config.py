@@ -70,6 +70,10 @@ def test_bad_values_raise_one_clear_error(env: dict[str, str], message: str) -> 
         ("0.0.0.0:50051", False),
         ("[::]:50051", False),
         ("10.0.0.5:50051", False),
+        ("127.0.0.2:1", True),
+        ("[::ffff:127.0.0.1]:1", True),
+        ("[::ffff:10.0.0.1]:1", False),
+        ("gateway.example:1", False),
     ],
 )
 def test_loopback_detection(address: str, loopback: bool) -> None:

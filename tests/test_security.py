@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -30,6 +33,7 @@ import yaml
 
 from gateway import auth
 from gateway.config import ConfigError, Settings
+from gateway.server import plaintext_warning
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy
@@ -767,3 +771,44 @@ def test_secrets_never_reach_logs_metrics_or_errors(tmp_path: Path, moto_endpoin
     }.items():
         assert secret not in captured, f"the {name} leaked"
     assert "Signature=" not in captured
+
+
+def test_plaintext_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
+    exposed = Settings(listen_address="0.0.0.0:50051", plaintext=True, allow_all=True)
+    assert "PLAINTEXT" in (plaintext_warning(exposed) or "")
+    assert plaintext_warning(Settings(listen_address="127.0.0.1:50051")) is None
+    ca = CA()
+    cert, key = ca.server_leaf().write(tmp_path, "server")
+    tls = exposed.replace(plaintext=False, tls_cert_file=str(cert), tls_key_file=str(key))
+    assert plaintext_warning(tls) is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "content", "message"),
+    [
+        ("GATEWAY_POLICY_FILE", "version: 2\nprincipals: {}\n", "version"),
+        ("GATEWAY_AUTH_TOKENS_FILE", "tokens:\n  - principal: a\n    sha256: nothex\n", "sha256"),
+        ("GATEWAY_TLS_CERT_FILE", "not a certificate", "certificate"),
+    ],
+)
+def test_bad_security_files_stop_the_start(
+    tmp_path: Path, moto_endpoint: str, variable: str, content: str, message: str
+) -> None:
+    path = tmp_path / "file"
+    path.write_text(content)
+    environment = {**os.environ, variable: str(path), "GATEWAY_EMBEDDED_S3": "off"}
+    if variable == "GATEWAY_TLS_CERT_FILE":
+        environment["GATEWAY_TLS_KEY_FILE"] = str(path)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "gateway", "serve", "--listen-address", "127.0.0.1:0"),
+            *("--metrics-address=", "--s3-endpoint-url", moto_endpoint),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "configuration error" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
