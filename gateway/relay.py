@@ -48,6 +48,12 @@ class ChecksumPlan:
     expected: dict[Algorithm, bytes] = field(default_factory=dict)
     #: The algorithm the header announced (its value may come in the trailer).
     announced: Algorithm | None = None
+    #: False when the operator turned verification off: values are accepted, nothing computed.
+    verifying: bool = True
+
+    def unverified(self) -> ChecksumPlan:
+        """The same announcement, with nothing computed or compared."""
+        return ChecksumPlan(announced=self.announced, verifying=False)
 
     @classmethod
     def for_header(
@@ -74,6 +80,8 @@ class ChecksumPlan:
             self.expected[algorithm] = digest
 
     def verify(self, computed: dict[Algorithm, bytes]) -> None:
+        if not self.verifying:
+            return
         for algorithm, expected in self.expected.items():
             if computed[algorithm] != expected:
                 raise ChecksumMismatch(

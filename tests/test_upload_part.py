@@ -181,6 +181,26 @@ async def test_the_store_itself_does_not_verify_x_amz_checksums(
     assert s3.parts(upload.bucket, upload.key, upload.upload_id)[1]["Size"] == len(data)
 
 
+@pytest.mark.parametrize("length", [1000, None], ids=["streamed", "buffered"])
+async def test_with_verification_off_a_trailer_value_is_still_accepted(
+    make_gateway: Any, upload: Upload, s3: S3Reader, length: int | None
+) -> None:
+    running: GatewayThread = make_gateway(verify_checksums=False)
+    data = os.urandom(1000)
+    header = part_header(upload, checksum_algorithm=pb.ChecksumAlgorithm.CHECKSUM_ALGORITHM_CRC32)
+    if length is not None:
+        header["content_length"] = length
+    messages = [
+        header_message(**header),
+        data_message(data),
+        trailer_message(checksum_crc32=b64(checksums.CRC32, data)),
+    ]
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        await stub.UploadPart(stream(messages))
+    assert s3.parts(upload.bucket, upload.key, upload.upload_id)[1]["Size"] == len(data)
+
+
 async def test_per_message_crc32c(
     gateway: GatewayThread, stub: Stub, upload: Upload, s3: S3Reader
 ) -> None:
