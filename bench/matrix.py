@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +57,7 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 CHUNK = MiB
+CHANNELS = 1
 BUCKET = "bench"
 KEY = "matrix"
 CHECKSUM_MODES = ("none", "CRC32C", "SHA256", "all")
@@ -155,9 +156,11 @@ class Body:
 class Client:
     """Both sides' clients in this process, and the bytes they send."""
 
-    def __init__(self, s3: Any, stub: Any, upload_id: str) -> None:
+    def __init__(self, s3: Any, stub: Any, upload_id: str, more_stubs: Sequence[Any] = ()) -> None:
         self.s3 = s3
         self.stub = stub
+        #: Stream N uses stub N modulo their number (one connection each).
+        self.stubs = [stub, *more_stubs]
         self.upload_id = upload_id
         self.block = os.urandom(CHUNK)
         self._declared: dict[int, dict[str, str]] = {}
@@ -210,7 +213,8 @@ class Client:
             for _ in range(size // CHUNK or 1):
                 yield data
 
-        await self.stub.UploadPart(messages())
+        stub = self.stubs[(part_number - 1) % len(self.stubs)]
+        await stub.UploadPart(messages())
 
 
 async def timed_round(
@@ -315,10 +319,10 @@ class Plan:
     rounds: int
 
 
-def plan(quick: bool, endpoints: Sequence[str]) -> Plan:
+def plan(quick: bool, endpoints: Sequence[str], checksum: str = "CRC32C") -> Plan:
     if quick:
         configs = {
-            "sink": [Config("sink", 64, s, "CRC32C") for s in (1, 8, 32)],
+            "sink": [Config("sink", 64, s, checksum) for s in (1, 8, 32)],
             "moto": [Config("moto", 64, 1, "CRC32C")],
         }
         sizes = {"sink": [64 * KiB], "moto": []}
@@ -341,6 +345,7 @@ async def run_endpoint(
 ) -> tuple[list[Row], list[Latency]]:
     config = client_config(Settings(), "us-east-1")
     async with (
+        AsyncExitStack() as stack,
         get_session().create_client(
             "s3",
             endpoint_url=url,
@@ -352,7 +357,21 @@ async def run_endpoint(
     ):
         await s3.create_bucket(Bucket=BUCKET)
         upload = await s3.create_multipart_upload(Bucket=BUCKET, Key=KEY)
-        client = Client(s3, pb_grpc.UploadServiceStub(channel), upload["UploadId"])  # type: ignore[call-overload]
+        # Extra channels, each its own connection, so `serve --workers N` can spread them.
+        extra = [
+            await stack.enter_async_context(
+                grpc.aio.insecure_channel(
+                    gateway.address, options=[("grpc.use_local_subchannel_pool", 1)]
+                )
+            )
+            for _ in range(CHANNELS - 1)
+        ]
+        client = Client(
+            s3,
+            pb_grpc.UploadServiceStub(channel),  # type: ignore[call-overload]
+            upload["UploadId"],
+            [pb_grpc.UploadServiceStub(c) for c in extra],  # type: ignore[call-overload]
+        )
         try:
             for mode in ("none", "CRC32C"):  # warm up both paths (imports, pools, connections)
                 await client.direct(1, 8 * MiB, mode)
@@ -502,7 +521,7 @@ async def run(
 
 
 def main() -> None:
-    global CHUNK
+    global CHUNK, CHANNELS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -520,6 +539,18 @@ def main() -> None:
         help="bytes per data message (B) and per body chunk (A), KiB (default %(default)s)",
     )
     parser.add_argument(
+        "--checksum",
+        default="CRC32C",
+        choices=CHECKSUM_MODES,
+        help="with --quick: the sink rows' checksum mode (default CRC32C)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC channels (connections) B's streams are spread over (default 1)",
+    )
+    parser.add_argument(
         "--gateway-arg",
         action="append",
         default=[],
@@ -528,11 +559,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     CHUNK = args.chunk_kib * KiB
+    CHANNELS = max(1, args.channels)
     endpoints = [e for e in args.endpoints.split(",") if e]
     if unknown := set(endpoints) - {"sink", "moto"}:
         parser.error(f"unknown endpoints: {', '.join(sorted(unknown))}")
     os.environ.update(AWS_ENV)
-    the_plan = plan(args.quick, endpoints)
+    the_plan = plan(args.quick, endpoints, args.checksum)
     started = time.perf_counter()
     rows, latencies = asyncio.run(run(the_plan, endpoints, args.gateway_arg))
     checks = targets(rows, latencies)
@@ -544,6 +576,7 @@ def main() -> None:
             "machine": versions(),
             "quick": args.quick,
             "chunk_kib": args.chunk_kib,
+            "channels": CHANNELS,
             "gateway_args": args.gateway_arg,
             "seconds": round(elapsed, 1),
             "rows": [asdict(r) for r in rows],

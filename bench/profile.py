@@ -92,6 +92,40 @@ async def relay(address: str, endpoint: str, parts: int) -> float:
         return time.perf_counter() - started
 
 
+def thread_times(pid: int) -> dict[str, tuple[str, float, float]]:
+    """Thread id -> (name, user seconds, system seconds), from /proc/PID/task/*/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        times[task.name] = (name, int(fields[11]) / tick, int(fields[12]) / tick)
+    return times
+
+
+def thread_table(
+    before: dict[str, tuple[str, float, float]],
+    after: dict[str, tuple[str, float, float]],
+    gib: float,
+) -> str:
+    """CPU seconds per GiB by thread name (threads of one name summed), user and system."""
+    totals: dict[str, list[float]] = {}
+    for tid, (name, user, system) in after.items():
+        _, user0, system0 = before.get(tid, (name, 0.0, 0.0))
+        total = totals.setdefault(name, [0.0, 0.0])
+        total[0] += user - user0
+        total[1] += system - system0
+    lines = ["thread            user s/GiB  system s/GiB"]
+    for name, (user, system) in sorted(totals.items(), key=lambda item: -sum(item[1])):
+        if user + system > 0:
+            lines.append(f"{name:16s}  {user / gib:10.3f}  {system / gib:12.3f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", type=int, default=40, help="64 MiB parts to relay")
@@ -100,9 +134,25 @@ def main() -> None:
         "--native", action="store_true", help="include native (C) frames; pauses the gateway"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--threads-only",
+        action="store_true",
+        help="no py-spy: only the CPU time of each gateway thread (user and system) per GiB",
+    )
     parser.add_argument("--output", type=Path, default=Path("/tmp/gateway.folded"))
     args = parser.parse_args()
     os.environ.update(AWS_ENV)
+    if args.threads_only:
+        with sink_process() as (endpoint, _), gateway_server(endpoint) as gateway:
+            asyncio.run(relay(gateway.address, endpoint, 2))  # warm up
+            before = thread_times(gateway.pid)
+            wall = asyncio.run(relay(gateway.address, endpoint, args.parts))
+            after = thread_times(gateway.pid)
+        gib = args.parts * 64 / 1024
+        rate = gib * 1024 / wall
+        print(f"relayed {args.parts} x 64 MiB CRC32C in {wall:.1f} s ({rate:.0f} MiB/s)")
+        print(thread_table(before, after, gib))
+        return
     with sink_process() as (endpoint, _), gateway_server(endpoint) as gateway:
         command = [
             *(py_spy(), "record", "--pid", str(gateway.pid), "--rate", str(args.rate)),
