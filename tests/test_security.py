@@ -37,7 +37,7 @@ from gateway.server import plaintext_warning
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy
-from tests.certs import CA
+from tests.certs import CA, swap_symlinked
 from tests.gateway_process import gateway_process
 from tests.helpers import GatewayThread, error_info, retry_info
 
@@ -812,3 +812,61 @@ def test_bad_security_files_stop_the_start(
     assert result.returncode == 2, result.stderr
     assert "configuration error" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_certificate_rotation_keeps_streams_and_serves_the_new_certificate(
+    start: Callable[..., GatewayThread], tmp_path: Path, moto_bucket: str, moto_endpoint: str
+) -> None:
+    old_ca, new_ca = CA("old CA"), CA("new CA")
+    secret = tmp_path / "tls"  # laid out like a mounted Kubernetes Secret
+    old_leaf = old_ca.server_leaf()
+    swap_symlinked(secret, {"tls.crt": old_leaf.cert_pem, "tls.key": old_leaf.key_pem})
+    gateway = start(tls_cert_file=str(secret / "tls.crt"), tls_key_file=str(secret / "tls.key"))
+
+    def channel(ca: CA) -> grpc.Channel:
+        return grpc.secure_channel(
+            gateway.address,
+            grpc.ssl_channel_credentials(ca.cert_pem),
+            options=[("grpc.use_local_subchannel_pool", 1)],
+        )
+
+    request = pb.CreateMultipartUploadRequest(bucket=moto_bucket, key="k")
+    body = os.urandom(3 * MiB)
+    with channel(old_ca) as before:
+        stub = pb_grpc.UploadServiceStub(before)
+        upload = stub.CreateMultipartUpload(request)
+        halfway = threading.Event()
+        rotated = threading.Event()
+
+        def messages() -> Iterator[pb.UploadPartRequest]:
+            yield header(moto_bucket, "k", upload.upload_id, len(body))
+            yield data(body[:MiB])
+            halfway.set()
+            rotated.wait(10)
+            yield data(body[MiB:])
+
+        in_flight = stub.UploadPart.future(messages(), timeout=30)
+        assert halfway.wait(10)
+        new_leaf = new_ca.server_leaf()
+        swap_symlinked(secret, {"tls.crt": new_leaf.cert_pem, "tls.key": new_leaf.key_pem})
+        with channel(new_ca) as after:
+            pb_grpc.UploadServiceStub(after).CreateMultipartUpload(request, timeout=10)
+        with channel(old_ca) as stale:
+            error = failure(
+                lambda: pb_grpc.UploadServiceStub(stale).CreateMultipartUpload(request, timeout=10)
+            )
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        rotated.set()
+        etag = in_flight.result(30).etag
+    assert etag.strip('"') == hashlib.md5(body).hexdigest()
+    parts = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").list_parts(
+        Bucket=moto_bucket, Key="k", UploadId=upload.upload_id
+    )
+    assert [p["Size"] for p in parts["Parts"]] == [len(body)]
+    watched = {
+        (sample.labels["file"], sample.labels["result"]): sample.value
+        for family in gateway.gateway.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "s3gateway_config_reloads_total"
+    }
+    assert watched[("tls", "success")] == 1
