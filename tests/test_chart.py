@@ -229,7 +229,8 @@ def test_each_config_key_renders_its_variable(everything: Manifests) -> None:
 
 def test_unset_config_keys_render_nothing(minimal: Manifests) -> None:
     rendered = {name for name in env(minimal) if name.startswith("GATEWAY_")}
-    assert rendered == CHART_OWNED | {"GATEWAY_DRAIN_DELAY", "GATEWAY_SHUTDOWN_GRACE"}
+    defaults = {"GATEWAY_DRAIN_DELAY", "GATEWAY_SHUTDOWN_GRACE", "GATEWAY_MAX_BUFFER_BYTES"}
+    assert rendered == CHART_OWNED | defaults
     assert env(minimal)["GATEWAY_PLAINTEXT"] == "true"
     assert env(minimal)["GATEWAY_ALLOW_ALL"] == "true"
 
