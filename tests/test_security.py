@@ -870,3 +870,25 @@ def test_certificate_rotation_keeps_streams_and_serves_the_new_certificate(
         if sample.name == "s3gateway_config_reloads_total"
     }
     assert watched[("tls", "success")] == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--plaintext"], "GATEWAY_POLICY_FILE"),
+        (["--allow-all"], "GATEWAY_PLAINTEXT"),
+    ],
+)
+def test_serve_refuses_an_exposed_address_without_transport_and_authorization(
+    flags: list[str], message: str
+) -> None:
+    """The refusal comes from the settings, before anything is bound."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--listen-address", "0.0.0.0:0", *flags],
+        env={**os.environ, "GATEWAY_EMBEDDED_S3": "off"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "is not a loopback address" in result.stderr and message in result.stderr
