@@ -147,9 +147,9 @@ def test_malformed_protobuf_is_invalid_argument(
     assert error_info(error).reason == "INVALID_REQUEST"
 
 
-async def test_background_hasher_matches_inline_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    algorithms = {checksums.SHA256, checksums.CRC32C, checksums.MD5}
-    chunks = [os.urandom(n) for n in (1, 1000, 300_000, 0, 70_000)]
+@pytest.fixture
+def hashing_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the threads MultiHasher.update runs on, from now on."""
     threads: set[str] = set()
     original = checksums.MultiHasher.update
 
@@ -158,6 +158,14 @@ async def test_background_hasher_matches_inline_hashing(monkeypatch: pytest.Monk
         original(self, data)
 
     monkeypatch.setattr(checksums.MultiHasher, "update", recording)
+    return threads
+
+
+async def test_background_hasher_matches_inline_hashing(
+    monkeypatch: pytest.MonkeyPatch, hashing_threads: set[str]
+) -> None:
+    algorithms = {checksums.SHA256, checksums.CRC32C, checksums.MD5}
+    chunks = [os.urandom(n) for n in (1, 1000, 300_000, 0, 70_000)]
     monkeypatch.setattr(relay, "INLINE_HASH_SECONDS", 0.0)
     background = relay.BackgroundHasher(algorithms)
     for chunk in chunks:
@@ -165,22 +173,14 @@ async def test_background_hasher_matches_inline_hashing(monkeypatch: pytest.Monk
     inline = checksums.MultiHasher(algorithms)
     inline.update(b"".join(chunks))
     assert await background.digests() == inline.digests()
-    assert threads - {threading.current_thread().name}, "no update ran in a worker thread"
+    assert hashing_threads - {threading.current_thread().name}, "no update ran in a worker thread"
 
 
-async def test_cheap_updates_stay_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: set[str] = set()
-    original = checksums.MultiHasher.update
-
-    def recording(self: checksums.MultiHasher, data: bytes | memoryview) -> None:
-        threads.add(threading.current_thread().name)
-        original(self, data)
-
-    monkeypatch.setattr(checksums.MultiHasher, "update", recording)
+async def test_cheap_updates_stay_on_the_event_loop(hashing_threads: set[str]) -> None:
     background = relay.BackgroundHasher({checksums.CRC32C})
     await background.update(b"x" * 65536)
     await background.digests()
-    assert threads == {threading.current_thread().name}
+    assert hashing_threads == {threading.current_thread().name}
 
 
 def test_calibrated_costs_rank_the_algorithms() -> None:
