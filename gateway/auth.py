@@ -37,7 +37,9 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway import watch
 from gateway.config import ConfigError
+from gateway.watch import StatSignature, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +140,6 @@ def parse_tokens(text: str | bytes, source: str = "<tokens>") -> tuple[tuple[byt
     return _entries(document, source)
 
 
-#: What identifies a version of a file: (st_ino, st_dev, st_mtime_ns, st_size), after symlinks.
-StatSignature = tuple[int, int, int, int]
-
-
-def _stat_signature(st: os.stat_result) -> StatSignature:
-    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
-
-
 class TokenFile:
     """The token file at ``path``, loaded now and reloaded when it changes.
 
@@ -176,14 +170,9 @@ class TokenFile:
         self._checked = clock()
 
     def _load(self) -> tuple[StatSignature, tuple[tuple[bytes, str], ...]]:
-        try:
-            with open(self.path, "rb") as f:
-                signature = _stat_signature(os.fstat(f.fileno()))  # the version actually read
-                data = f.read(MAX_TOKEN_FILE_SIZE + 1)
-        except OSError as e:
-            raise AuthConfigError(f"cannot read {self.path!r}: {e.strerror or e}") from None
-        if len(data) > MAX_TOKEN_FILE_SIZE:
-            raise AuthConfigError(f"{self.path}: larger than {MAX_TOKEN_FILE_SIZE} bytes")
+        signature, data = read_capped(
+            self.path, MAX_TOKEN_FILE_SIZE, what="token file", error=AuthConfigError
+        )
         return signature, parse_tokens(data, self.path)
 
     @property
@@ -195,10 +184,7 @@ class TokenFile:
         """Reload the file now if it changed; True when new tokens took effect."""
         with self._lock:
             self._checked = self._clock()
-            try:
-                signature: StatSignature | None = _stat_signature(os.stat(self.path))
-            except OSError:
-                signature = None
+            signature = watch.signature(self.path)
             if signature in (self._signature, self._rejected):
                 return False
             try:

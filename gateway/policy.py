@@ -48,7 +48,6 @@ most once per interval and keeping the previous policy when the new file is bad.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import json
 import logging
@@ -62,8 +61,10 @@ from typing import NoReturn
 
 import yaml
 
+from gateway import watch
 from gateway.config import ConfigError
 from gateway.v1 import upload_service_pb2
+from gateway.watch import read_capped
 
 logger = logging.getLogger(__name__)
 
@@ -358,38 +359,16 @@ class PolicyFile:
 
 
 def _stat(path: str) -> _Signature:
-    try:
-        st = os.stat(os.path.realpath(path))
-    except OSError:
-        return _MISSING
-    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+    return watch.signature(path) or _MISSING
 
 
 def _read_file(path: str) -> tuple[_Signature, str]:
     """The signature and text of the file ``path`` leads to, read through one descriptor."""
-    for attempt in range(3):
-        resolved = os.path.realpath(path)
-        try:
-            with open(resolved, "rb") as file:
-                st = os.fstat(file.fileno())
-                if st.st_size > MAX_POLICY_BYTES:
-                    raise PolicyError(f"{path}: larger than {MAX_POLICY_BYTES} bytes")
-                data = file.read(MAX_POLICY_BYTES + 1)
-        except FileNotFoundError:
-            # A ConfigMap swap may delete the old directory between realpath and open.
-            if attempt < 2 and os.path.realpath(path) != resolved:
-                continue
-            raise PolicyError(f"{path}: cannot read: {os.strerror(errno.ENOENT)}") from None
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        if len(data) > MAX_POLICY_BYTES:
-            raise PolicyError(f"{path}: larger than {MAX_POLICY_BYTES} bytes")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PolicyError(f"{path}: not UTF-8 text") from None
-        return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size), text
-    raise AssertionError("unreachable")  # pragma: no cover
+    signature, data = read_capped(path, MAX_POLICY_BYTES, what="policy", error=PolicyError)
+    try:
+        return signature, data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
 
 
 def _duplicate_key(root: yaml.Node | None) -> tuple[str, int] | None:

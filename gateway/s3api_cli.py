@@ -91,9 +91,11 @@ from jmespath.parser import ParsedResult
 
 from gateway import checksums
 from gateway.client import bearer_metadata
+from gateway.config import ConfigError
 from gateway.tls import TLSConfigError, load_pair
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -1055,12 +1057,9 @@ def read_token(args: argparse.Namespace) -> str | None:
     if path is not None:
         source = "--token-file"
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(_MAX_TOKEN_FILE + 1)
-        except OSError as exc:
+            _, data = read_capped(path, _MAX_TOKEN_FILE, what="token file")
+        except ConfigError as exc:
             raise UsageError(f"Bad value for --token-file: {exc}") from None
-        if len(data) > _MAX_TOKEN_FILE:
-            raise UsageError(f"Bad value for --token-file: {path} is too large for a token")
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:

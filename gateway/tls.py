@@ -32,35 +32,22 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
+from gateway import watch
 from gateway.config import ConfigError
+from gateway.watch import StatSignature, read_capped
 
 log = logging.getLogger(__name__)
 
 #: Largest certificate, key or CA file accepted.
 MAX_PEM_SIZE = 1024 * 1024
 
-#: What identifies a version of a file: (st_ino, st_dev, st_mtime_ns, st_size), after symlinks.
-StatSignature = tuple[int, int, int, int]
-
 
 class TLSConfigError(ConfigError):
     """A certificate, key or CA file cannot be used. The message never contains key material."""
 
 
-def _stat(path: str) -> StatSignature:
-    st = os.stat(path)  # follows symlinks: a swapped ..data link yields the new file's inode
-    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
-
-
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PEM_SIZE + 1)
-    except OSError as e:
-        raise TLSConfigError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
-    if len(data) > MAX_PEM_SIZE:
-        raise TLSConfigError(f"{what} {path!r} is larger than {MAX_PEM_SIZE} bytes")
-    return data
+    return read_capped(path, MAX_PEM_SIZE, what=what, error=TLSConfigError)[1]
 
 
 def _certificates(data: bytes, path: str, what: str) -> list[x509.Certificate]:
@@ -171,13 +158,7 @@ class ServerTLS:
         return (self.cert_file, self.key_file, self.client_ca_file)
 
     def _signature(self) -> tuple[StatSignature | None, ...]:
-        signature: list[StatSignature | None] = []
-        for path in self._paths():
-            try:
-                signature.append(_stat(path))
-            except OSError:
-                signature.append(None)
-        return tuple(signature)
+        return tuple(watch.signature(path) for path in self._paths())
 
     def _load(self) -> _Material | None:
         """Read and check the files; None when one changed while being read."""
