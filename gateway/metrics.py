@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -240,9 +240,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 wrapped, handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_unary is not None:
-            wrapped = self._wrap(handler.stream_unary, ("client_stream", service, method), True)
+            labels = ("client_stream", service, method)
+            wrapped = self._wrap(handler.stream_unary, labels, streaming=True)
+            received = self._metrics.grpc_received.labels(*labels)
             return grpc.stream_unary_rpc_method_handler(
-                wrapped, handler.request_deserializer, handler.response_serializer
+                wrapped,
+                _counting(handler.request_deserializer, received),
+                handler.response_serializer,
             )
         return handler
 
@@ -251,9 +255,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             m.grpc_started.labels(*labels).inc()
-            if streaming:
-                request = _counted(request, m.grpc_received.labels(*labels))
-            else:
+            if not streaming:  # a stream's messages are counted as they are decoded
                 m.grpc_received.labels(*labels).inc()
             started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
@@ -275,10 +277,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return observed
 
 
-async def _counted(messages: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
-    async for message in messages:
+def _counting(deserialize: Callable[[bytes], Any] | None, counter: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that counts each message of a stream as the handler takes it."""
+
+    def decode(raw: bytes) -> Any:
         counter.inc()
-        yield message
+        return raw if deserialize is None else deserialize(raw)
+
+    return decode
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

@@ -18,6 +18,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from awscrt import checksums as crt
 
@@ -103,34 +104,81 @@ def _trailer_values(trailer: pb.UploadPartTrailer) -> dict[Algorithm, bytes]:
     return values
 
 
-async def next_message(messages: Messages, idle_timeout: float | None) -> PartMessage | None:
-    """The caller's next message (None at the end of the stream), or :class:`ResourceExhausted`
-    when none arrives within ``idle_timeout`` seconds: a stalled or trickling caller must not hold
-    its slot, its buffers and an S3 connection forever."""
-    if idle_timeout is None:
-        return await anext(messages, None)
-    try:
-        async with asyncio.timeout(idle_timeout):
+class IdleTimer:
+    """Ends a wait for the caller's next message that lasts ``timeout`` seconds: a stalled or
+    trickling caller must not hold its slot, its buffers and an S3 connection forever.
+
+    One timer per stream, armed lazily: a wait only notes when it began, and the timer, when it
+    fires, re-arms itself for the current wait's deadline or cancels the waiting task. A stream
+    that receives thousands of messages a second thus schedules about one timer event per
+    ``timeout``, not one per message.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._started = 0.0
+        self._waiter: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def next(self, messages: Messages) -> PartMessage | None:
+        """The next message (None at the end of the stream), or :class:`ResourceExhausted`."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._started = self._loop.time()
+        self._waiter = task
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._started + self.timeout, self._check)
+        try:
             return await anext(messages, None)
-    except TimeoutError:
-        raise ResourceExhausted(
-            "IDLE_TIMEOUT",
-            f"no message arrived for {idle_timeout:g} s (GATEWAY_IDLE_TIMEOUT); the stream was "
-            "ended and nothing was committed",
-            limit=idle_timeout,
-            retry_delay=0,
-        ) from None
+        except asyncio.CancelledError:
+            if self._expired and task.uncancel() <= cancelling:
+                raise ResourceExhausted(
+                    "IDLE_TIMEOUT",
+                    f"no message arrived for {self.timeout:g} s (GATEWAY_IDLE_TIMEOUT); the "
+                    "stream was ended and nothing was committed",
+                    limit=self.timeout,
+                    retry_delay=0,
+                ) from None
+            raise
+        finally:
+            self._waiter = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._waiter is None:
+            return  # not waiting: the next wait arms the timer again
+        deadline = self._started + self.timeout
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self._expired = True
+        self._waiter.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+async def next_message(messages: Messages, timer: IdleTimer | None) -> PartMessage | None:
+    """The caller's next message (None at the end of the stream), within ``timer``'s limit."""
+    if timer is None:
+        return await anext(messages, None)
+    return await timer.next(messages)
 
 
 class MessageReader:
     """Reads the data and trailer messages that follow the header, enforcing their order."""
 
     def __init__(
-        self, messages: Messages, plan: ChecksumPlan, *, idle_timeout: float | None = None
+        self, messages: Messages, plan: ChecksumPlan, *, idle: IdleTimer | None = None
     ) -> None:
         self._messages = messages
         self._plan = plan
-        self._idle_timeout = idle_timeout
+        self._idle = idle
         self._trailer_seen = False
         self.ended = False
         #: Part bytes read from the caller so far.
@@ -139,7 +187,7 @@ class MessageReader:
     async def next_data(self) -> Chunk | None:
         """The next chunk of part bytes, or None when the stream has ended."""
         while not self.ended:
-            message = await next_message(self._messages, self._idle_timeout)
+            message = await next_message(self._messages, self._idle)
             if message is None:
                 self.ended = True
                 return None

@@ -33,6 +33,7 @@ from gateway.errors import (
 from gateway.metrics import ADMISSION_LIMITS, Metrics, bucket_type
 from gateway.relay import (
     ChecksumPlan,
+    IdleTimer,
     MessageReader,
     PartBody,
     next_message,
@@ -250,7 +251,19 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def _upload_part(
         self, request_iterator: AsyncIterator[PartMessage], principal: Principal
     ) -> pb.UploadPartResponse:
-        idle = self._settings.idle_timeout or None
+        idle = IdleTimer(self._settings.idle_timeout) if self._settings.idle_timeout else None
+        try:
+            return await self._relay_part(request_iterator, principal, idle)
+        finally:
+            if idle is not None:
+                idle.close()
+
+    async def _relay_part(
+        self,
+        request_iterator: AsyncIterator[PartMessage],
+        principal: Principal,
+        idle: IdleTimer | None,
+    ) -> pb.UploadPartResponse:
         header = await _read_header(request_iterator, idle)
         record = _current_call.get()
         record.bucket, record.part_number = header.bucket, header.part_number
@@ -264,7 +277,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         plan = ChecksumPlan.for_header(header, declared)
         if not self._settings.verify_checksums:
             plan = plan.unverified()
-        reader = MessageReader(request_iterator, plan, idle_timeout=idle)
+        reader = MessageReader(request_iterator, plan, idle=idle)
         params = convert.to_params(header, "UploadPart")
         kind = bucket_type(header.bucket)
         try:
@@ -433,9 +446,9 @@ class UploadService(pb_grpc.UploadServiceServicer):
 
 
 async def _read_header(
-    messages: AsyncIterator[PartMessage], idle_timeout: float | None
+    messages: AsyncIterator[PartMessage], idle: IdleTimer | None
 ) -> pb.UploadPartHeader:
-    first = await next_message(messages, idle_timeout)
+    first = await next_message(messages, idle)
     if first is None:
         raise InvalidRequest("header", "the stream is empty; the first message must be a header")
     if isinstance(first, Malformed):
