@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import checksums, relay
+from gateway.errors import ResourceExhausted
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.wire import Data, Malformed, decode_part_message, decoder
 from tests.helpers import error_info
@@ -189,3 +192,42 @@ def test_calibrated_costs_rank_the_algorithms() -> None:
         checksums.CRC32C
     )
     assert all(checksums.seconds_per_byte(a) > 0 for a in checksums.ALL)
+
+
+async def _messages(gaps: list[float]) -> Any:
+    for gap in gaps:
+        await asyncio.sleep(gap)
+        yield Data(b"x")
+
+
+async def test_idle_timer_lets_a_steady_stream_run_past_the_timeout() -> None:
+    timer = relay.IdleTimer(0.2)
+    stream = _messages([0.05] * 12)  # 0.6 s in all, never 0.2 s without a message
+    received = 0
+    while await timer.next(stream) is not None:
+        received += 1
+    timer.close()
+    assert received == 12
+
+
+async def test_idle_timer_ends_a_stalled_wait() -> None:
+    timer = relay.IdleTimer(0.2)
+    stream = _messages([0.0, 0.05, 5.0])
+    await timer.next(stream)
+    await timer.next(stream)
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted) as caught:
+        await timer.next(stream)
+    assert caught.value.reason == "IDLE_TIMEOUT"
+    assert 0.15 < time.monotonic() - started < 1.0
+    timer.close()
+
+
+async def test_idle_timer_leaves_other_cancellations_alone() -> None:
+    timer = relay.IdleTimer(5.0)
+    waiting = asyncio.ensure_future(timer.next(_messages([10.0])))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    timer.close()
