@@ -91,7 +91,7 @@ from jmespath.parser import ParsedResult
 
 from gateway import checksums
 from gateway.client import bearer_metadata
-from gateway.config import ConfigError
+from gateway.config import ConfigError, listens_on_loopback
 from gateway.tls import TLSConfigError, load_pair
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
@@ -970,6 +970,12 @@ def connection(args: argparse.Namespace, connect_timeout: float | None) -> Conne
     client = _client_certificate(args, endpoint)
     token = read_token(args)
     if not endpoint.tls:
+        if token is not None and not listens_on_loopback(endpoint.target):
+            print(
+                f"s3-upload-gateway: warning: sending a bearer token in plaintext to "
+                f"{endpoint.target}; use https:// unless a mesh encrypts the connection",
+                file=sys.stderr,
+            )
         return Connection(endpoint, None, [], token)
     credentials, options = _channel_credentials(
         endpoint, args.ca_bundle, not args.no_verify_ssl, connect_timeout, client

@@ -502,3 +502,17 @@ def test_hash_token_generates_a_token(capsys: pytest.CaptureFixture[str]) -> Non
     assert "store it safely" in err
     code, again, _ = _run_cli(capsys, "hash-token", "--generate", "--principal", "spiffe://x/y")
     assert again.split("\n", 1)[0] != token
+
+
+def test_a_token_sent_in_plaintext_beyond_loopback_is_warned_about(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_TOKEN", TOKEN)
+    far = ["--endpoint-url", "http://gateway.invalid:50051", "--cli-connect-timeout", "1"]
+    code, _, err = _run_cli(capsys, "list-multipart-uploads", "--bucket", "b", *far)
+    assert code == 255  # nothing answers there
+    assert "warning: sending a bearer token in plaintext to gateway.invalid:50051" in err
+    assert TOKEN not in err
+    near = ["--endpoint-url", "http://127.0.0.1:9", "--cli-connect-timeout", "1"]
+    code, _, err = _run_cli(capsys, "list-multipart-uploads", "--bucket", "b", *near)
+    assert "warning" not in err
