@@ -13,8 +13,8 @@ own deserializers:
   (a header, a trailer, an unusual encoding of data) is decoded by protobuf as before; the fast path
   accepts a message only where protobuf would decode the same content and crc32c.
 * Every deserializer returns :class:`Malformed` instead of raising, so a request that is not valid
-  protobuf is answered INVALID_ARGUMENT by the handler (grpc would answer a raising deserializer
-  with a bare INTERNAL).
+  protobuf is answered INVALID_ARGUMENT by the handler (grpc.aio answers a raising deserializer
+  with UNKNOWN, quoting the exception).
 """
 
 from __future__ import annotations
