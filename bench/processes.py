@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from tests.gateway_process import stop
+
 #: Dummy credentials and no AWS configuration for every process a benchmark starts.
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "bench",
@@ -110,12 +112,7 @@ def gateway_server(endpoint: str, *extra: str) -> Iterator[Gateway]:
             grpc.channel_ready_future(channel).result(timeout=60)
         yield Gateway(process, address)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def descendants(pid: int) -> list[int]:

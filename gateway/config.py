@@ -280,10 +280,8 @@ class Settings:
             self.tls_client_ca_file is None or self.tls_cert_file is not None,
             "GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE",
         )
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-            path = getattr(self, name)
-            _check(path is None or os.path.isfile(path), f"GATEWAY_{name.upper()} must name a file")
-        for name in ("auth_tokens_file", "policy_file"):
+        files = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")
+        for name in (*files, "policy_file"):
             path = getattr(self, name)
             _check(path is None or os.path.isfile(path), f"GATEWAY_{name.upper()} must name a file")
         _check(

@@ -192,9 +192,15 @@ class Metrics:
 
     def serve(self, address: str) -> Any:
         """Serve /metrics on ``address`` (host:port); returns the server (``.server_port``)."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), host.strip("[]"), registry=self.registry)
-        return server
+        return serve_registry(self.registry, address)
+
+
+def serve_registry(registry: CollectorRegistry, address: str) -> Any:
+    """Serve ``registry`` as /metrics on ``address`` (host:port) from a thread; returns the
+    server (``.server_port``)."""
+    host, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+    return server
 
 
 class _WatchedFiles:

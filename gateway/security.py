@@ -43,7 +43,6 @@ class Guard:
     """Authentication, authorization and admission for one gateway process."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self._metrics = metrics
         tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
         self.authenticator = Authenticator(tokens, mtls=settings.tls_client_ca_file is not None)
         #: With TLS on, a call that arrives without it (on the health port) is refused.

@@ -243,29 +243,22 @@ class UploadService(pb_grpc.UploadServiceServicer):
         assert record.principal is not None
         with self._guard.stream(record.principal):
             self._metrics.inflight_streams.inc()
+            idle = IdleTimer(self._settings.idle_timeout) if self._settings.idle_timeout else None
             try:
-                return await self._upload_part(request_iterator, record.principal)
+                return await self._upload_part(request_iterator, record, record.principal, idle)
             finally:
                 self._metrics.inflight_streams.dec()
+                if idle is not None:
+                    idle.close()
 
     async def _upload_part(
-        self, request_iterator: AsyncIterator[PartMessage], principal: Principal
-    ) -> pb.UploadPartResponse:
-        idle = IdleTimer(self._settings.idle_timeout) if self._settings.idle_timeout else None
-        try:
-            return await self._relay_part(request_iterator, principal, idle)
-        finally:
-            if idle is not None:
-                idle.close()
-
-    async def _relay_part(
         self,
         request_iterator: AsyncIterator[PartMessage],
+        record: CallRecord,
         principal: Principal,
         idle: IdleTimer | None,
     ) -> pb.UploadPartResponse:
         header = await _read_header(request_iterator, idle)
-        record = _current_call.get()
         record.bucket, record.part_number = header.bucket, header.part_number
         size = header.content_length if header.HasField("content_length") else None
         self._guard.authorize(principal, "UploadPart", header.bucket, header.key, part_size=size)

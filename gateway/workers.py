@@ -41,13 +41,14 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
 from gateway.cli import EXIT_CONFIG, loop_factory
 from gateway.config import ConfigError, Settings
+from gateway.metrics import serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,7 @@ def serve_metrics(collector: WorkerMetrics, address: str) -> Any:
     """Serve the workers' merged /metrics on ``address``; returns the server (``.server_port``)."""
     registry = CollectorRegistry()
     registry.register(collector)
-    host, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), host.strip("[]"), registry=registry)
-    return server
+    return serve_registry(registry, address)
 
 
 class WorkerMetrics:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _READY = re.compile(r"serving gateway\.v1\.UploadService on \S+ \(port (\d+)\)")
 
@@ -71,16 +72,22 @@ def gateway_process(
     try:
         yield GatewayProcess(process, port, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         reader.join(5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM a process still running and wait for it; SIGKILL it after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_for_port(process: subprocess.Popen[str], log: list[str]) -> int:

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from tests.gateway_process import stop
 from tests.helpers import part_messages
 
 _SERVE = (sys.executable, "-m", "gateway", "serve")
@@ -90,13 +91,7 @@ def worker_pool(moto_endpoint: str, *args: str) -> Iterator[Pool]:
         assert ready is not None, f"no pool started (exit {process.poll()}):\n{''.join(log)}"
         yield pool
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         for pid in pool.pids:  # never leave a worker behind, whatever the test did
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
