@@ -178,7 +178,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         if choice == "uvloop":
             raise ImportError(
-                "GATEWAY_EVENT_LOOP=uvloop needs uvloop: pip install 's3-upload-gateway[fast]'"
+                "GATEWAY_EVENT_LOOP=uvloop needs uvloop, which is not installed (none on Windows)"
             ) from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop

@@ -143,7 +143,7 @@ class Settings:
     event_loop: EventLoop = _setting(
         "auto",
         "GATEWAY_EVENT_LOOP",
-        "asyncio, uvloop (pip install 's3-upload-gateway[fast]'), or auto: uvloop when installed",
+        "asyncio, uvloop (installed except on Windows), or auto: uvloop when installed",
     )
     workers: int = _setting(
         1,
