@@ -3,7 +3,8 @@
 :class:`Gateway` owns everything with a lifetime (the optional embedded S3, the shared S3 client,
 the gRPC server) and releases it in reverse order on :meth:`Gateway.stop`. :func:`run` is what
 ``s3-upload-gateway serve`` calls: start, wait for SIGTERM/SIGINT, drain, stop; a second signal
-stops at once.
+stops at once. A ``serve --workers`` worker drains once however many signals arrive, and cancels
+in-flight calls only on SIGUSR1 (see :mod:`gateway.workers`).
 """
 
 from __future__ import annotations
@@ -238,8 +239,14 @@ async def run(
     *,
     reuse_port: bool = False,
     started: Callable[[Gateway], None] | None = None,
+    cancel_signal: signal.Signals | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain; a second signal cancels in-flight calls.
+
+    With ``cancel_signal`` (a ``serve --workers`` worker), SIGTERM and SIGINT only ever drain,
+    however many arrive, and ``cancel_signal`` cancels in-flight calls: a worker's signals come
+    from its supervisor, and the supervisor's death alone can deliver several SIGTERMs (see
+    :mod:`gateway.workers`), which must not count as an operator's second signal.
 
     ``started`` is called once the gateway serves (a ``serve --workers`` worker reports its ports
     with it); an exception before then means the gateway could not start."""
@@ -248,15 +255,25 @@ async def run(
     stopping = asyncio.Event()
     hurry: set[asyncio.Task[None]] = set()
 
-    def on_signal() -> None:
-        if stopping.is_set():
-            log.warning("second signal: cancelling in-flight calls")
-            hurry.add(loop.create_task(gateway.cancel_calls()))
+    def cancel_calls(reason: str) -> None:
+        log.warning("%s: cancelling in-flight calls", reason)
+        hurry.add(loop.create_task(gateway.cancel_calls()))
         stopping.set()
 
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal)
+    def on_stop_signal(signum: signal.Signals) -> None:
+        if not stopping.is_set():
+            stopping.set()
+        elif cancel_signal is None:
+            cancel_calls("second signal")
+        else:
+            log.info("%s again: still draining (%s cancels)", signum.name, cancel_signal.name)
+
+    handled = [signal.SIGTERM, signal.SIGINT]
+    for sig in handled:
+        loop.add_signal_handler(sig, on_stop_signal, sig)
+    if cancel_signal is not None:
+        loop.add_signal_handler(cancel_signal, cancel_calls, cancel_signal.name)
+        handled.append(cancel_signal)
     try:
         await gateway.start()
         if started is not None:
@@ -265,6 +282,6 @@ async def run(
         log.info("shutting down: in-flight calls get up to %.0f s", settings.shutdown_grace)
         await gateway.stop(drain_delay=settings.drain_delay)
     finally:
-        for sig in signals:
+        for sig in handled:
             loop.remove_signal_handler(sig)
     log.info("stopped")

@@ -11,13 +11,20 @@ started. The supervisor serves GATEWAY_METRICS_ADDRESS: on every scrape it reads
 /metrics and exposes the union, each sample with a ``worker="0".."N-1"`` label (sum over it in
 PromQL), plus ``s3gateway_worker_up{worker}``.
 
-Signals: SIGTERM or SIGINT to the supervisor is forwarded to every worker, a second one too (the
-workers then cancel in-flight calls), and to a worker still starting once it serves; the
-supervisor exits 0 once every worker has exited cleanly.
-Workers live in their own process group (a terminal's ^C reaches only the supervisor, which
-forwards it once) and get SIGTERM if the supervisor dies (PR_SET_PDEATHSIG). A worker that exits
-on its own, or fails to start, makes the supervisor stop the others (SIGTERM, then SIGKILL after
-GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit non-zero, so the pod restarts.
+Signals: the first SIGTERM or SIGINT to the supervisor is forwarded to every worker, which drains;
+any further one makes the supervisor send CANCEL_SIGNAL (SIGUSR1), on which workers cancel their
+in-flight calls. A worker never escalates on its own: however many SIGTERMs it gets, it drains
+once. That matters because workers get SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), and the
+kernel sends that signal each time the worker's parent *thread* exits: the supervisor has more than
+one thread (its /metrics server), so a kill -9 of the supervisor can deliver two SIGTERMs a few
+milliseconds apart, which must not cancel uploads that a drain would let finish. Signals for a
+worker still starting are held until it serves. The supervisor exits 0 once every worker has
+exited cleanly. Workers live in their own process group (a terminal's ^C reaches only the
+supervisor, which forwards it once).
+
+A worker that exits on its own, or fails to start, makes the supervisor stop the others (SIGTERM,
+then SIGKILL after GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit non-zero, so
+the pod restarts.
 """
 
 from __future__ import annotations
@@ -52,8 +59,10 @@ from gateway.metrics import serve_registry
 
 log = logging.getLogger(__name__)
 
-#: The signals the supervisor forwards and the workers handle.
+#: The signals the supervisor forwards and the workers drain on.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What the supervisor sends workers on its second signal: cancel in-flight calls now.
+CANCEL_SIGNAL = signal.SIGUSR1
 #: Seconds the supervisor waits for a worker's /metrics on a scrape.
 SCRAPE_TIMEOUT = 2.0
 #: Seconds beyond a worker's drain delay and shutdown grace before it is killed.
@@ -328,6 +337,7 @@ class _Supervisor:
                 log.info("%s: stopping %d workers", name, self.settings.workers)
             else:
                 log.warning("%s again: workers cancel their in-flight calls", name)
+                signum = CANCEL_SIGNAL
             for worker in self.workers:
                 self._send(worker, signum)
             if self.deadline is None:
@@ -480,7 +490,7 @@ async def _serve(settings: Settings, report: Connection) -> int:
         report.send(("ready", gateway.port, gateway.metrics_port))
 
     try:
-        await run(settings, reuse_port=True, started=started)
+        await run(settings, reuse_port=True, started=started, cancel_signal=CANCEL_SIGNAL)
     except (ImportError, ConfigError) as exc:
         if ready:
             raise

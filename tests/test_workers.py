@@ -59,7 +59,7 @@ class Pool:
         return [json.loads(line) for line in list(self.log) if line.startswith("{")]
 
 
-def _start(moto_endpoint: str, *args: str) -> subprocess.Popen[str]:
+def start_pool(moto_endpoint: str, *args: str) -> subprocess.Popen[str]:
     """``serve --workers 2`` against moto on a free port (ARGS may override the options)."""
     command = [
         *(*_SERVE, "--workers", "2", "--listen-address", "127.0.0.1:0"),
@@ -71,8 +71,8 @@ def _start(moto_endpoint: str, *args: str) -> subprocess.Popen[str]:
 
 @contextmanager
 def worker_pool(moto_endpoint: str, *args: str) -> Iterator[Pool]:
-    """:func:`_start`, once every worker serves; stopped (and its workers gone) at the end."""
-    process = _start(moto_endpoint, *args)
+    """:func:`start_pool`, once every worker serves; stopped (and its workers gone) at the end."""
+    process = start_pool(moto_endpoint, *args)
     assert process.stderr is not None
     log: list[str] = []
     ready = None
@@ -93,13 +93,13 @@ def worker_pool(moto_endpoint: str, *args: str) -> Iterator[Pool]:
     finally:
         stop(process)
         for pid in pool.pids:  # never leave a worker behind, whatever the test did
-            if _running(pid):
+            if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
         reader.join(5)
         process.stderr.close()
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited (zombies count as exited)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -108,12 +108,12 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _fresh_channel(address: str) -> grpc.Channel:
+def fresh_channel(address: str) -> grpc.Channel:
     """A channel with its own connection: gRPC otherwise shares subchannels across channels."""
     return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-def _handled_by_worker(text: str) -> Counter[str]:
+def handled_by_worker(text: str) -> Counter[str]:
     handled: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         if family.name == "grpc_server_handled":
@@ -135,12 +135,12 @@ def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str) -> N
         # New connections are spread by the kernel: 40 of them all landing on one worker
         # happens with probability 2**-39.
         for _ in range(40):
-            with _fresh_channel(pool.address) as channel:
+            with fresh_channel(pool.address) as channel:
                 stub = pb_grpc.UploadServiceStub(channel)
                 stub.ListMultipartUploads(pb.ListMultipartUploadsRequest(bucket=bucket), timeout=10)
 
         data = os.urandom(256 * 1024)
-        with _fresh_channel(pool.address) as channel:
+        with fresh_channel(pool.address) as channel:
             stub = pb_grpc.UploadServiceStub(channel)
             upload = stub.CreateMultipartUpload(
                 pb.CreateMultipartUploadRequest(bucket=bucket, key="k"), timeout=10
@@ -166,7 +166,7 @@ def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str) -> N
 
         text = pool.metrics()
         families = list(text_string_to_metric_families(text))
-        handled = _handled_by_worker(text)
+        handled = handled_by_worker(text)
         assert set(handled) == {"0", "1"}
         assert all(count > 0 for count in handled.values()), handled
         assert sum(handled.values()) == 40 + 3
@@ -193,19 +193,19 @@ def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str) -> N
 
 def test_sigterm_stops_every_worker_and_exits_0(moto_endpoint: str) -> None:
     with worker_pool(moto_endpoint) as pool:
-        assert all(_running(pid) for pid in pool.pids)
+        assert all(is_running(pid) for pid in pool.pids)
         started = time.monotonic()
         pool.process.send_signal(signal.SIGTERM)
         assert pool.process.wait(20) == 0
         assert time.monotonic() - started < 10
-        assert not any(_running(pid) for pid in pool.pids)
+        assert not any(is_running(pid) for pid in pool.pids)
     records = pool.records()
     assert sum(r["message"] == "stopped" for r in records) == 2
     assert [r["exit_code"] for r in records if "exited with code" in r["message"]] == [0, 0]
 
 
 def test_sigterm_while_workers_start_stops_them_once_they_serve(moto_endpoint: str) -> None:
-    process = _start(moto_endpoint)
+    process = start_pool(moto_endpoint)
     try:
         assert process.stderr is not None
         starting = json.loads(next(line for line in process.stderr if "starting 2" in line))
@@ -217,7 +217,7 @@ def test_sigterm_while_workers_start_stops_them_once_they_serve(moto_endpoint: s
         process.wait()
         if process.stderr is not None:
             process.stderr.close()
-    assert not any(_running(pid) for pid in starting["worker_pids"])
+    assert not any(is_running(pid) for pid in starting["worker_pids"])
     assert "serving with" not in log
     assert log.count('"message": "stopped"') == 2
 
@@ -231,7 +231,7 @@ def test_a_second_sigterm_reaches_the_workers(moto_endpoint: str) -> None:
         pool.process.send_signal(signal.SIGTERM)
         assert pool.process.wait(20) == 0
         assert time.monotonic() - started < 10
-        assert not any(_running(pid) for pid in pool.pids)
+        assert not any(is_running(pid) for pid in pool.pids)
     hurried = [r for r in pool.records() if "cancelling in-flight calls" in r["message"]]
     assert sorted(r["worker"] for r in hurried) == [0, 1]
 
@@ -241,12 +241,12 @@ def test_a_dead_worker_stops_the_pool_with_an_error(moto_endpoint: str) -> None:
         victim, survivor = pool.pids
         os.kill(victim, signal.SIGKILL)
         assert pool.process.wait(20) != 0
-        assert not _running(survivor)
+        assert not is_running(survivor)
     assert "worker 0 exited unexpectedly with code -9" in "".join(pool.log)
 
 
 def test_a_worker_that_cannot_start_fails_serve() -> None:
-    process = _start("not-a-url")
+    process = start_pool("not-a-url")
     try:
         _, stderr = process.communicate(timeout=60)
     finally:
@@ -256,7 +256,7 @@ def test_a_worker_that_cannot_start_fails_serve() -> None:
     assert "s3-upload-gateway: cannot serve: ValueError: Invalid endpoint: not-a-url" in stderr
     assert "serving with" not in stderr
     pids = json.loads(next(line for line in stderr.splitlines() if "starting 2" in line))
-    assert not any(_running(pid) for pid in pids["worker_pids"])
+    assert not any(is_running(pid) for pid in pids["worker_pids"])
 
 
 def test_workers_with_the_embedded_s3_is_a_configuration_error() -> None:
