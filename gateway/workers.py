@@ -9,7 +9,19 @@ that host:port with ``grpc.so_reuseport`` on, so the kernel spreads new connecti
 Each worker serves its own /metrics on a loopback port and reports its ports through a pipe once
 started. The supervisor serves GATEWAY_METRICS_ADDRESS: on every scrape it reads every worker's
 /metrics and exposes the union, each sample with a ``worker="0".."N-1"`` label (sum over it in
-PromQL), plus ``s3gateway_worker_up{worker}``.
+PromQL), plus ``s3gateway_worker_up{worker}`` and ``s3gateway_worker_restarts_total{worker}``.
+
+Restarts: a worker that dies after it started serving (killed, crashed, or exited on its own) is
+started again under the same index on the same port, while the others keep serving; the
+reservation keeps the port bound in between. The delay before a restart starts at
+RESTART_DELAY_FIRST and doubles with every restart of that worker up to RESTART_DELAY_MAX, so a
+worker that crashes at once is not restarted in a tight loop; it is back to the first delay when
+the worker had served BACKOFF_RESET_AFTER seconds before dying. Every restart is logged (worker,
+old pid, exit code or signal, delay) and counted. A worker that cannot start (a configuration
+error, the port taken), or dies before it serves, still makes the supervisor stop the others
+(SIGTERM, then SIGKILL after GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit
+non-zero (EXIT_CONFIG for a configuration error): restarting would fail the same way. Nothing is
+restarted once the supervisor is stopping.
 
 Signals: the first SIGTERM or SIGINT to the supervisor is forwarded to every worker, which drains;
 any further one makes the supervisor send CANCEL_SIGNAL (SIGUSR1), on which workers cancel their
@@ -21,10 +33,6 @@ milliseconds apart, which must not cancel uploads that a drain would let finish.
 worker still starting are held until it serves. The supervisor exits 0 once every worker has
 exited cleanly. Workers live in their own process group (a terminal's ^C reaches only the
 supervisor, which forwards it once).
-
-A worker that exits on its own, or fails to start, makes the supervisor stop the others (SIGTERM,
-then SIGKILL after GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit non-zero, so
-the pod restarts.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
@@ -63,6 +71,12 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: What the supervisor sends workers on its second signal: cancel in-flight calls now.
 CANCEL_SIGNAL = signal.SIGUSR1
+#: Seconds before the first restart of a worker that died; doubled for each further restart.
+RESTART_DELAY_FIRST = 0.5
+#: The longest delay before restarting a worker.
+RESTART_DELAY_MAX = 30.0
+#: Seconds a worker must have served before dying for its restart delay to start over.
+BACKOFF_RESET_AFTER = 60.0
 #: Seconds the supervisor waits for a worker's /metrics on a scrape.
 SCRAPE_TIMEOUT = 2.0
 #: Seconds beyond a worker's drain delay and shutdown grace before it is killed.
@@ -79,7 +93,7 @@ def supervise(settings: Settings) -> int:
         return EXIT_CONFIG
     stack = contextlib.ExitStack()
     try:
-        collector = WorkerMetrics()
+        collector = WorkerMetrics(settings.workers)
         try:
             reservation = stack.enter_context(reserve_port(settings.listen_address))
             metrics_port = 0
@@ -132,20 +146,32 @@ def serve_metrics(collector: WorkerMetrics, address: str) -> Any:
 
 class WorkerMetrics:
     """A prometheus_client collector: every worker's /metrics, read at scrape time, merged, with
-    a ``worker`` label on every sample."""
+    a ``worker`` label on every sample, and the supervisor's own: which workers are up, how often
+    each was restarted."""
 
-    def __init__(self, timeout: float = SCRAPE_TIMEOUT) -> None:
+    def __init__(self, workers: int, timeout: float = SCRAPE_TIMEOUT) -> None:
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._ports: dict[int, int] = {}
+        #: Worker index to its metrics port; None while it waits to be restarted (it is down).
+        self._ports: dict[int, int | None] = {}
+        self._restarts = dict.fromkeys(range(workers), 0)
 
     def add(self, worker: int, port: int) -> None:
         with self._lock:
             self._ports[worker] = port
 
+    def down(self, worker: int) -> None:
+        """The worker died and will be restarted: reported as down until it serves again."""
+        with self._lock:
+            self._ports[worker] = None
+
     def remove(self, worker: int) -> None:
         with self._lock:
             self._ports.pop(worker, None)
+
+    def count_restart(self, worker: int) -> None:
+        with self._lock:
+            self._restarts[worker] = self._restarts.get(worker, 0) + 1
 
     def describe(self) -> list[Metric]:
         return []  # the names are known only once workers answer
@@ -153,6 +179,7 @@ class WorkerMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             targets = sorted(self._ports.items())
+            restarts = sorted(self._restarts.items())
         up = GaugeMetricFamily(
             "s3gateway_worker_up",
             "1 when the worker's metrics were read for this scrape, else 0.",
@@ -167,8 +194,18 @@ class WorkerMetrics:
                 _merge(families, worker_families or [], str(worker))
         yield from _fold_created(families).values()
         yield up
+        restarted = CounterMetricFamily(
+            "s3gateway_worker_restarts",
+            "Times the worker was started again after it died while serving.",
+            labels=["worker"],
+        )
+        for worker, count in restarts:
+            restarted.add_metric([str(worker)], count)
+        yield restarted
 
-    def _read(self, port: int) -> list[Metric] | None:
+    def _read(self, port: int | None) -> list[Metric] | None:
+        if port is None:
+            return None  # waiting to be restarted
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=self._timeout)
         try:
             connection.request("GET", "/metrics")
@@ -218,19 +255,50 @@ def _grouped(samples: list[Any]) -> list[Any]:
     return [sample for group in series.values() for sample in group]
 
 
+class RestartBackoff:
+    """The delays between restarts of one worker: ``first``, doubled after every restart up to
+    ``cap``; back to ``first`` when the worker had served ``reset_after`` seconds before dying
+    (a crash now and then is not a crash loop)."""
+
+    def __init__(
+        self,
+        first: float = RESTART_DELAY_FIRST,
+        cap: float = RESTART_DELAY_MAX,
+        reset_after: float = BACKOFF_RESET_AFTER,
+    ) -> None:
+        self.first = first
+        self.cap = cap
+        self.reset_after = reset_after
+        self._next = first
+
+    def delay(self, served: float) -> float:
+        """Seconds to wait before restarting a worker that died after serving ``served`` s."""
+        if served >= self.reset_after:
+            self._next = self.first
+        delay = self._next
+        self._next = min(delay * 2, self.cap)
+        return delay
+
+
 @dataclass
 class _Worker:
     index: int
     process: BaseProcess
     #: The end of the pipe the worker reports on; None once read.
     report: Connection | None
+    #: Whether it replaces a worker of the same index that died.
+    replacement: bool = False
     #: Set once it reported serving: it handles signals from then on.
     ready: bool = False
+    #: When it reported serving (time.monotonic()).
+    ready_at: float = 0.0
     #: Signals for it, held until it is ready (before, SIGTERM would kill it half-started).
     owed: list[int] = field(default_factory=list)
     #: Set when it is expected to exit: the supervisor stopped it, or it failed to start.
     stopped: bool = False
     reaped: bool = False
+    #: Set when it died while serving: it was, or was to be, restarted.
+    crashed: bool = False
 
     @property
     def pid(self) -> int:
@@ -250,9 +318,15 @@ class _Supervisor:
         self.worker_settings = worker_settings
         self.metrics = metrics
         self.metrics_port = port
+        #: The current worker of every index.
         self.workers: list[_Worker] = []
+        self.backoffs = [RestartBackoff() for _ in range(settings.workers)]
+        #: Worker index to when it is due to be restarted (time.monotonic()).
+        self.restarts_due: dict[int, float] = {}
         self.signals: list[int] = []
         self.forwarded = 0
+        #: Whether "serving with N workers" was logged.
+        self.announced = False
         #: The exit code once a worker failed or exited on its own.
         self.failure: int | None = None
         self.deadline: float | None = None
@@ -289,12 +363,14 @@ class _Supervisor:
             return 1
         if self.failure is not None:
             return self.failure
-        return 0 if all(w.process.exitcode == 0 for w in self.workers) else 1
+        # A worker that crashed was already logged and counted; its restart was only cancelled.
+        return 0 if all(w.process.exitcode == 0 or w.crashed for w in self.workers) else 1
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # forwarded by the loop, woken by the wakeup fd
 
     def _start(self, index: int) -> None:
+        """Start the worker of ``index``, in place of its dead predecessor if it had one."""
         context = multiprocessing.get_context("spawn")
         report, writer = context.Pipe(duplex=False)
         process = context.Process(
@@ -306,15 +382,19 @@ class _Supervisor:
             process.start()
         finally:
             writer.close()
-        self.workers.append(_Worker(index, process, report))
+        replacement = index < len(self.workers)
+        worker = _Worker(index, process, report, replacement=replacement)
+        if replacement:
+            self.workers[index] = worker
+        else:
+            self.workers.append(worker)
 
     def _loop(self, wake: socket.socket) -> None:
-        while not all(w.reaped for w in self.workers):
-            timeout = None if self.deadline is None else max(0, self.deadline - time.monotonic())
+        while self.restarts_due or not all(w.reaped for w in self.workers):
             waitables: list[Any] = [wake]
             waitables += [w.process.sentinel for w in self.workers if not w.reaped]
             waitables += [w.report for w in self.workers if w.report is not None]
-            ready = wait(waitables, timeout)
+            ready = wait(waitables, self._timeout())
             with contextlib.suppress(BlockingIOError):
                 while wake.recv(512):
                     pass
@@ -325,8 +405,17 @@ class _Supervisor:
             for worker in self.workers:
                 if not worker.reaped and not worker.alive:
                     self._reap(worker)
+            self._restart_due_workers()
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self._kill_stragglers()
+
+    def _timeout(self) -> float | None:
+        """Seconds until the next thing the loop must do without being woken: a restart, or
+        killing the workers that outlived their stop."""
+        times = list(self.restarts_due.values())
+        if self.deadline is not None:
+            times.append(self.deadline)
+        return max(0.0, min(times) - time.monotonic()) if times else None
 
     def _forward_signals(self) -> None:
         while self.forwarded < len(self.signals):
@@ -335,6 +424,7 @@ class _Supervisor:
             name = signal.Signals(signum).name
             if self.forwarded == 1:
                 log.info("%s: stopping %d workers", name, self.settings.workers)
+                self._cancel_restarts()
             else:
                 log.warning("%s again: workers cancel their in-flight calls", name)
                 signum = CANCEL_SIGNAL
@@ -363,12 +453,22 @@ class _Supervisor:
             return
         _, grpc_port, metrics_port = message
         worker.ready = True
+        worker.ready_at = time.monotonic()
         for signum in worker.owed:
             os.kill(worker.pid, signum)
         worker.owed.clear()
         if metrics_port:
             self.metrics.add(worker.index, metrics_port)
-        if all(w.ready for w in self.workers) and not self.signals and self.failure is None:
+        if self.signals or self.failure is not None:
+            return
+        if worker.replacement:
+            log.info(
+                "worker %d serving again",
+                worker.index,
+                extra={logs.FIELDS: {"worker": worker.index, "pid": worker.pid}},
+            )
+        if all(w.ready for w in self.workers) and not self.announced:
+            self.announced = True
             log.info(
                 "serving with %d workers on %s",
                 len(self.workers),
@@ -387,19 +487,69 @@ class _Supervisor:
             self._read_report(worker)  # a start failure reported just before exiting
         worker.process.join()
         worker.reaped = True
-        self.metrics.remove(worker.index)
         code = worker.process.exitcode
-        fields = {logs.FIELDS: {"worker": worker.index, "pid": worker.pid, "exit_code": code}}
         if self.signals or worker.stopped:
+            self.metrics.remove(worker.index)
             level = logging.INFO if code == 0 else logging.WARNING
+            fields = {logs.FIELDS: {"worker": worker.index, "pid": worker.pid, "exit_code": code}}
             log.log(level, "worker %d exited with code %s", worker.index, code, extra=fields)
             return
+        if worker.ready and self.failure is None:
+            self._schedule_restart(worker)
+            return
+        # It died before serving: a restart would most likely die the same way.
+        self.metrics.remove(worker.index)
+        fields = {logs.FIELDS: {"worker": worker.index, "pid": worker.pid, "exit_code": code}}
         log.error("worker %d exited unexpectedly with code %s", worker.index, code, extra=fields)
         if self.failure is None:
             self.failure = 1
             self._stop_all()
 
+    def _schedule_restart(self, worker: _Worker) -> None:
+        """Restart a worker that died while serving, after its backoff delay."""
+        served = time.monotonic() - worker.ready_at
+        delay = self.backoffs[worker.index].delay(served)
+        worker.crashed = True
+        self.restarts_due[worker.index] = time.monotonic() + delay
+        self.metrics.down(worker.index)
+        code = worker.process.exitcode
+        assert code is not None
+        killer = signal.Signals(-code).name if code < 0 else None
+        log.log(
+            logging.WARNING if code == 0 else logging.ERROR,
+            "worker %d (pid %d) %s after serving %.1f s: restarting it in %.1f s",
+            worker.index,
+            worker.pid,
+            f"killed by {killer}" if killer else f"exited with code {code}",
+            served,
+            delay,
+            extra={
+                logs.FIELDS: {
+                    "worker": worker.index,
+                    "pid": worker.pid,
+                    "exit_code": code,
+                    "signal": killer,
+                    "served_seconds": round(served, 3),
+                    "restart_delay": delay,
+                }
+            },
+        )
+
+    def _restart_due_workers(self) -> None:
+        now = time.monotonic()
+        for index, due in sorted(self.restarts_due.items()):
+            if due <= now:
+                del self.restarts_due[index]
+                self._start(index)
+                self.metrics.count_restart(index)
+
+    def _cancel_restarts(self) -> None:
+        for index in sorted(self.restarts_due):
+            log.info("worker %d is not restarted: the supervisor is stopping", index)
+        self.restarts_due.clear()
+
     def _stop_all(self) -> None:
+        self._cancel_restarts()
         for worker in self.workers:
             if worker.alive and not worker.stopped:
                 worker.stopped = True
