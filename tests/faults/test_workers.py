@@ -4,7 +4,6 @@ backoff, while the other keeps relaying; a killed supervisor lets its workers dr
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import os
 import signal
@@ -45,11 +44,9 @@ HALF_MESSAGES = 1 + PART_SIZE // CHUNK // 2
 #: Seconds a paused stream waits to be released before giving up on its call.
 RELEASE_TIMEOUT = 60.0
 
-Recorder = Callable[[str, object], None]
-
 
 def test_a_worker_killed_mid_part_is_restarted_while_the_other_keeps_relaying(
-    moto_endpoint: str, record_property: Recorder
+    moto_endpoint: str,
 ) -> None:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = _new_bucket(s3)
@@ -64,14 +61,13 @@ def test_a_worker_killed_mid_part_is_restarted_while_the_other_keeps_relaying(
         survivor_call = survivor.send(channels["1"])
         wait_until_mid_part(pool, ["0", "1"])
 
-        killed_at, killed_wall = time.monotonic(), time.time()
+        killed_at = time.monotonic()
         os.kill(victim_pid, signal.SIGKILL)
         error = victim_call.exception(timeout=WAIT)
         failed_after = time.monotonic() - killed_at
         assert isinstance(error, grpc.RpcError)
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-        assert failed_after < 10
-        record_property("killed_stream_failed_after_s", round(failed_after, 3))
+        assert failed_after < 10, f"the killed worker's stream failed after {failed_after:.1f} s"
 
         survivor.release.set()
         stored = survivor_call.result(timeout=WAIT)
@@ -82,7 +78,6 @@ def test_a_worker_killed_mid_part_is_restarted_while_the_other_keeps_relaying(
         ]
 
         back = poll(lambda: _serving_again(pool, 0, 1), "worker 0 serving again")
-        record_property("new_worker_served_after_s", round(_wall(back["time"]) - killed_wall, 3))
         assert back["pid"] not in (victim_pid, survivor_pid)
         assert is_running(back["pid"]) and is_running(survivor_pid)
         (restart,) = _restart_records(pool)
@@ -98,9 +93,7 @@ def test_a_worker_killed_mid_part_is_restarted_while_the_other_keeps_relaying(
         assert not any("shutting down" in r["message"] for r in survivor_log)
 
 
-def test_a_killed_supervisor_lets_its_workers_drain_once(
-    moto_endpoint: str, record_property: Recorder
-) -> None:
+def test_a_killed_supervisor_lets_its_workers_drain_once(moto_endpoint: str) -> None:
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = _new_bucket(s3)
     with worker_pool(moto_endpoint) as pool, contextlib.ExitStack() as stack:
@@ -126,8 +119,6 @@ def test_a_killed_supervisor_lets_its_workers_drain_once(
         assert sum("shutting down" in m for m in messages) == 1, messages
         assert not any("cancelling" in m for m in messages), messages
         assert messages[-1] == "stopped"
-    repeats = [r for r in pool.records() if "again: still draining" in r["message"]]
-    record_property("repeated_sigterms_after_supervisor_kill", len(repeats))
 
 
 def test_repeated_sigterms_to_a_worker_drain_it_once(moto_endpoint: str) -> None:
@@ -163,7 +154,7 @@ def test_repeated_sigterms_to_a_worker_drain_it_once(moto_endpoint: str) -> None
         assert not any("cancelling" in m for m in messages), messages
 
 
-def test_a_crash_loop_is_backed_off(moto_endpoint: str, record_property: Recorder) -> None:
+def test_a_crash_loop_is_backed_off(moto_endpoint: str) -> None:
     with worker_pool(moto_endpoint) as pool:
         pids = [pool.pids[0]]
         for restarts in (1, 2):
@@ -176,7 +167,6 @@ def test_a_crash_loop_is_backed_off(moto_endpoint: str, record_property: Recorde
         records = _restart_records(pool)
         assert [(r["worker"], r["pid"]) for r in records] == [(0, pids[0]), (0, pids[1])]
         delays = [r["restart_delay"] for r in records]
-        record_property("restart_delays_s", delays)
         assert delays == [RESTART_DELAY_FIRST, 2 * RESTART_DELAY_FIRST]
         assert records[1]["served_seconds"] < 60  # killed at once: no reset of the backoff
         poll(
@@ -346,10 +336,6 @@ def _serving_again(pool: Pool, worker: int, times: int) -> dict[str, Any] | None
 
 def _restart_records(pool: Pool) -> list[dict[str, Any]]:
     return [r for r in pool.records() if "restarting it in" in r["message"]]
-
-
-def _wall(iso: str) -> float:
-    return dt.datetime.fromisoformat(iso).timestamp()
 
 
 def _header(s3: Any, bucket: str, key: str) -> dict[str, Any]:
