@@ -75,7 +75,24 @@ class Settings:
         None, "GATEWAY_S3_CA_BUNDLE", "PEM file of CAs to trust for S3's certificate"
     )
     s3_max_pool_connections: int = _setting(
-        64, "GATEWAY_S3_MAX_POOL_CONNECTIONS", "HTTP connections to S3 kept in the pool"
+        64,
+        "GATEWAY_S3_MAX_POOL_CONNECTIONS",
+        "HTTP connections to S3 for UploadPart and UploadPartCopy; a stream takes one when its "
+        "first bytes arrive",
+    )
+    s3_control_pool_connections: int = _setting(
+        16,
+        "GATEWAY_S3_CONTROL_POOL_CONNECTIONS",
+        "HTTP connections to S3 of their own for CreateMultipartUpload, "
+        "CompleteMultipartUpload, AbortMultipartUpload and the listings, so that streams "
+        "cannot starve them",
+    )
+    s3_pool_timeout: float = _setting(
+        10.0,
+        "GATEWAY_S3_POOL_TIMEOUT",
+        "seconds a call may wait for a free S3 connection before it is refused "
+        "(RESOURCE_EXHAUSTED with RetryInfo); a freed connection goes to the waiting caller "
+        "holding the fewest",
     )
     s3_trailing_checksums: bool = _setting(
         True,
@@ -87,7 +104,16 @@ class Settings:
         10.0, "GATEWAY_S3_CONNECT_TIMEOUT", "seconds to connect to S3"
     )
     s3_read_timeout: float = _setting(
-        120.0, "GATEWAY_S3_READ_TIMEOUT", "seconds to wait for S3's answer"
+        120.0,
+        "GATEWAY_S3_READ_TIMEOUT",
+        "seconds to wait for S3's answer once the request is sent (between two bytes of it)",
+    )
+    s3_stall_timeout: float = _setting(
+        30.0,
+        "GATEWAY_S3_STALL_TIMEOUT",
+        "seconds S3 may go without accepting a byte of a request body, or without answering "
+        "'100 Continue' to an UploadPart, before the request is aborted (UNAVAILABLE with "
+        "RetryInfo; nothing is committed)",
     )
     max_part_size: int = _setting(
         MAX_S3_PART_SIZE, "GATEWAY_MAX_PART_SIZE", "largest content_length accepted, bytes"
@@ -202,7 +228,11 @@ class Settings:
         256, "GATEWAY_MAX_STREAMS", "UploadPart streams in flight at once, over all callers"
     )
     max_streams_per_principal: int = _setting(
-        64, "GATEWAY_MAX_STREAMS_PER_PRINCIPAL", "UploadPart streams in flight at once per caller"
+        0,
+        "GATEWAY_MAX_STREAMS_PER_PRINCIPAL",
+        "UploadPart streams in flight at once per caller (per connection for unauthenticated "
+        "callers); below GATEWAY_S3_MAX_POOL_CONNECTIONS, so one caller never holds every S3 "
+        "connection; 0: half of GATEWAY_S3_MAX_POOL_CONNECTIONS",
     )
     max_buffer_bytes: int = _setting(
         GiB,
@@ -224,9 +254,21 @@ class Settings:
             self.s3_addressing_style in _ADDRESSING_STYLES,
             f"GATEWAY_S3_ADDRESSING_STYLE must be one of {', '.join(_ADDRESSING_STYLES)}",
         )
-        _check(self.s3_max_pool_connections >= 1, "GATEWAY_S3_MAX_POOL_CONNECTIONS must be >= 1")
+        _check(self.s3_max_pool_connections >= 2, "GATEWAY_S3_MAX_POOL_CONNECTIONS must be >= 2")
+        _check(
+            self.s3_control_pool_connections >= 1,
+            "GATEWAY_S3_CONTROL_POOL_CONNECTIONS must be >= 1",
+        )
+        _check(self.s3_pool_timeout > 0, "GATEWAY_S3_POOL_TIMEOUT must be > 0")
         _check(self.s3_connect_timeout > 0, "GATEWAY_S3_CONNECT_TIMEOUT must be > 0")
         _check(self.s3_read_timeout > 0, "GATEWAY_S3_READ_TIMEOUT must be > 0")
+        _check(self.s3_stall_timeout > 0, "GATEWAY_S3_STALL_TIMEOUT must be > 0")
+        _check(
+            0 <= self.max_streams_per_principal < self.s3_max_pool_connections,
+            f"GATEWAY_MAX_STREAMS_PER_PRINCIPAL ({self.max_streams_per_principal}) must be 0.."
+            f"{self.s3_max_pool_connections - 1}: below GATEWAY_S3_MAX_POOL_CONNECTIONS "
+            f"({self.s3_max_pool_connections}), so one caller can never hold every S3 connection",
+        )
         _check(
             0 < self.max_part_size <= MAX_S3_PART_SIZE,
             f"GATEWAY_MAX_PART_SIZE must be 1..{MAX_S3_PART_SIZE}",
@@ -305,14 +347,17 @@ class Settings:
         )
         _check(self.max_streams >= 1, "GATEWAY_MAX_STREAMS must be >= 1")
         _check(
-            self.max_streams_per_principal >= 1, "GATEWAY_MAX_STREAMS_PER_PRINCIPAL must be >= 1"
-        )
-        _check(
             self.max_buffer_bytes >= self.stream_window + self.max_message_size,
             "GATEWAY_MAX_BUFFER_BYTES must hold at least one stream: "
             "GATEWAY_STREAM_WINDOW + GATEWAY_MAX_MESSAGE_SIZE",
         )
         _check(self.idle_timeout >= 0, "GATEWAY_IDLE_TIMEOUT must be >= 0")
+
+    @property
+    def principal_stream_limit(self) -> int:
+        """UploadPart streams one caller may have in flight (GATEWAY_MAX_STREAMS_PER_PRINCIPAL,
+        or half the S3 pool)."""
+        return self.max_streams_per_principal or self.s3_max_pool_connections // 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -25,6 +25,7 @@ failure, a timeout, missing credentials) into one of these.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -329,6 +330,8 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
         exc,
         boto.EndpointConnectionError | boto.ConnectionClosedError | boto.HTTPClientError | OSError,
     ):
+        if _timed_out(exc):
+            return s3_stalled(operation, "the kernel aborted the connection (TCP_USER_TIMEOUT)")
         return GatewayError(
             _C.UNAVAILABLE,
             "S3_UNREACHABLE",
@@ -355,6 +358,31 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
     )
 
 
+def s3_stalled(operation: str, what: str) -> GatewayError:
+    """S3 took no byte of a request, or never invited its body, for GATEWAY_S3_STALL_TIMEOUT."""
+    return GatewayError(
+        _C.UNAVAILABLE,
+        "S3_STALLED",
+        f"S3 {operation} made no progress for GATEWAY_S3_STALL_TIMEOUT: {what}; the request "
+        "was aborted and nothing was committed",
+        metadata={"operation": operation},
+        retry_delay=_DEFAULT_RETRY_DELAY,
+    )
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a connection failure is the kernel's ETIMEDOUT: no acknowledgement from S3."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ETIMEDOUT:
+            return True
+        wrapped = getattr(current, "kwargs", {}).get("error")
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return False
+
+
 def _rpc_code(code: grpc.StatusCode) -> int:
     value: int = code.value[0]
     return value
@@ -373,4 +401,5 @@ __all__ = [
     "reason_for",
     "rule_for",
     "s3_error",
+    "s3_stalled",
 ]

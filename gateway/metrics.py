@@ -44,7 +44,7 @@ GO_CODE_NAMES = {
     grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
 }
 #: Gateway-side failures that get their own s3_error_code label value.
-_GATEWAY_S3_FAILURES = ("S3_UNREACHABLE", "S3_TIMEOUT", "GATEWAY_CREDENTIALS")
+_GATEWAY_S3_FAILURES = ("S3_UNREACHABLE", "S3_TIMEOUT", "S3_STALLED", "GATEWAY_CREDENTIALS")
 _KNOWN_S3_CODES = frozenset(S3_ERROR_CODES) | frozenset(_GATEWAY_S3_FAILURES)
 
 _MiB = 1024 * 1024
@@ -75,7 +75,11 @@ ADMISSION_LIMITS = (
     "BUFFER_LIMIT",
     "IDLE_TIMEOUT",
     "PART_TOO_LARGE",
+    "S3_POOL_EXHAUSTED",
 )
+#: The ``pool`` label of s3gateway_s3_connections_in_use: streamed parts and copies, and the
+#: control calls (create, complete, abort, listings), which have connections of their own.
+S3_POOLS = ("data", "control")
 
 
 def bucket_type(bucket: str) -> str:
@@ -159,6 +163,14 @@ class Metrics:
         )  # fmt: skip
         for limit in ADMISSION_LIMITS:
             self.admission_rejections.labels(limit)
+        self.s3_connections_in_use = Gauge(
+            "s3gateway_s3_connections_in_use",
+            "S3 connections held by calls, by pool (GATEWAY_S3_MAX_POOL_CONNECTIONS and "
+            "GATEWAY_S3_CONTROL_POOL_CONNECTIONS cap them).",
+            ("pool",), registry=r,
+        )  # fmt: skip
+        for pool in S3_POOLS:
+            self.s3_connections_in_use.labels(pool)
         self.buffer_bytes = Gauge(
             "s3gateway_buffer_reserved_bytes",
             "Bytes reserved by in-flight UploadPart streams (GATEWAY_MAX_BUFFER_BYTES caps it).",

@@ -30,6 +30,7 @@ from gateway.errors import (
     InvalidRequest,
     LengthMismatch,
     ResourceExhausted,
+    s3_stalled,
 )
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.wire import Data, Malformed, PartMessage
@@ -104,22 +105,57 @@ def _trailer_values(trailer: pb.UploadPartTrailer) -> dict[Algorithm, bytes]:
     return values
 
 
+class Deadline:
+    """A point in time that moves often and passes rarely.
+
+    Moving it costs no timer event: one timer, armed lazily, looks at the deadline when it
+    fires, re-arms itself for a deadline that moved later, and calls ``expire`` once it has
+    passed. A stream that moves its deadlines on every message of thousands a second thus
+    schedules about one timer event per timeout, not one per message.
+    """
+
+    def __init__(self, expire: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._expire = expire
+        self._when: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def set(self, when: float | None) -> None:
+        """Expire at loop time ``when``; None: not at all (until set again)."""
+        self._when = when
+        if when is None or (self._handle is not None and self._handle.when() <= when):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        when = self._when
+        if when is None:
+            return
+        if self._loop.time() < when:
+            self._handle = self._loop.call_at(when, self._check)
+            return
+        self._when = None
+        self._expire()
+
+    def close(self) -> None:
+        self._when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class IdleTimer:
     """Ends a wait for the caller's next message that lasts ``timeout`` seconds: a stalled or
-    trickling caller must not hold its slot, its buffers and an S3 connection forever.
-
-    One timer per stream, armed lazily: a wait only notes when it began, and the timer, when it
-    fires, re-arms itself for the current wait's deadline or cancels the waiting task. A stream
-    that receives thousands of messages a second thus schedules about one timer event per
-    ``timeout``, not one per message.
-    """
+    trickling caller must not hold its slot, its buffers and an S3 connection forever."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._loop = asyncio.get_running_loop()
-        self._started = 0.0
+        self._deadline = Deadline(self._expire)
         self._waiter: asyncio.Task[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
         self._expired = False
 
     async def next(self, messages: Messages) -> PartMessage | None:
@@ -127,10 +163,8 @@ class IdleTimer:
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
-        self._started = self._loop.time()
         self._waiter = task
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._started + self.timeout, self._check)
+        self._deadline.set(self._loop.time() + self.timeout)
         try:
             return await anext(messages, None)
         except asyncio.CancelledError:
@@ -145,22 +179,80 @@ class IdleTimer:
             raise
         finally:
             self._waiter = None
+            self._deadline.set(None)
 
-    def _check(self) -> None:
-        self._handle = None
-        if self._waiter is None:
-            return  # not waiting: the next wait arms the timer again
-        deadline = self._started + self.timeout
-        if self._loop.time() < deadline:
-            self._handle = self._loop.call_at(deadline, self._check)
-            return
-        self._expired = True
-        self._waiter.cancel()
+    def _expire(self) -> None:
+        if self._waiter is not None:
+            self._expired = True
+            self._waiter.cancel()
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._deadline.close()
+
+
+class SendWatch:
+    """Bounds what a streamed part waits for from S3 while its body is sent.
+
+    aiohttp pulls the body chunk by chunk and writes each to the socket, waiting while S3 does
+    not take it (the kernel queues little: see :mod:`gateway.s3`). So between handing a chunk to
+    aiohttp and aiohttp asking for the next, the relay waits for S3; while aiohttp waits for the
+    next chunk, it waits for the caller (whose waits :class:`IdleTimer` bounds). The first pull
+    comes once S3 has answered ``100 Continue``. A wait for S3 longer than ``timeout`` cancels
+    the task that awaits S3's answer; the call then fails with S3_STALLED (UNAVAILABLE with
+    RetryInfo), and the aborted request commits nothing. Once the body has been sent, aiohttp's
+    read timeout bounds the wait for S3's answer.
+    """
+
+    def __init__(self, timeout: float, operation: str = "UploadPart") -> None:
+        self.timeout = timeout
+        self._operation = operation
+        self._loop = asyncio.get_running_loop()
+        self._deadline = Deadline(self._expire)
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        #: Whether aiohttp has asked for the body (S3 answered 100 Continue, if it was asked).
+        self.invited = False
+        self._expired = False
+
+    def start(self) -> None:
+        """The calling task starts the request; the wait for 100 Continue begins."""
+        self._task = asyncio.current_task()
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+        self._deadline.set(self._loop.time() + self.timeout)
+
+    def wanted(self) -> None:
+        """aiohttp asks for more of the body: S3 took what it had."""
+        self.invited = True
+        self._deadline.set(None)
+
+    def handed(self) -> None:
+        """A chunk goes to aiohttp: S3 has ``timeout`` seconds to take it."""
+        if self._task is not None:
+            self._deadline.set(self._loop.time() + self.timeout)
+
+    def sent(self) -> None:
+        """The whole body has been handed over; aiohttp's read timeout takes it from here."""
+        self._deadline.set(None)
+
+    def _expire(self) -> None:
+        if self._task is not None:
+            self._expired = True
+            self._task.cancel()
+
+    def expired(self) -> GatewayError | None:
+        """The error for the task cancelled by this watch (uncancelling it), else None."""
+        if not self._expired or self._task is None or self._task.uncancel() > self._cancelling:
+            return None
+        what = (
+            f"S3 took no byte of the body for {self.timeout:g} s"
+            if self.invited
+            else f"S3 did not invite the body (100 Continue) within {self.timeout:g} s"
+        )
+        return s3_stalled(self._operation, what)
+
+    def close(self) -> None:
+        self._deadline.close()
 
 
 async def next_message(messages: Messages, timer: IdleTimer | None) -> PartMessage | None:
@@ -265,11 +357,18 @@ class BackgroundHasher:
 class PartBody:
     """A request body for aiobotocore that relays, counts, checksums and holds back."""
 
-    def __init__(self, reader: MessageReader, plan: ChecksumPlan, content_length: int) -> None:
+    def __init__(
+        self,
+        reader: MessageReader,
+        plan: ChecksumPlan,
+        content_length: int,
+        watch: SendWatch | None = None,
+    ) -> None:
         self._reader = reader
         self._plan = plan
         self._hasher = BackgroundHasher(plan.algorithms)
         self._expected = content_length
+        self._watch = watch
         self._received = 0
         self._finished = False
         self._leftover: Chunk = b""
@@ -287,20 +386,34 @@ class PartBody:
     def __aiter__(self) -> PartBody:
         return self
 
+    async def first_bytes(self) -> None:
+        """Wait for the caller's first bytes (within the idle timeout), before S3 is called: a
+        stream that sends nothing holds no S3 connection."""
+        if not self._leftover:
+            self._leftover = await self._next_chunk()
+
     async def __anext__(self) -> Chunk:
-        chunk = await self._next_chunk()
+        chunk = await self.read()
         if not chunk:
             raise StopAsyncIteration
         return chunk
 
     async def read(self, size: int = -1) -> Chunk:
-        """File-like access, used by botocore's aws-chunked wrapper."""
+        """File-like access, used by botocore's aws-chunked wrapper; aiohttp iterates."""
+        if self._watch is not None:
+            self._watch.wanted()
         if not self._leftover:
             self._leftover = await self._next_chunk()
         if size is None or size < 0 or size >= len(self._leftover):
             chunk, self._leftover = self._leftover, b""
         else:
             chunk, self._leftover = self._leftover[:size], self._leftover[size:]
+        self.released += len(chunk)
+        if self._watch is not None:
+            if chunk:
+                self._watch.handed()
+            else:
+                self._watch.sent()
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -317,7 +430,6 @@ class PartBody:
         except GatewayError as exc:
             self.failure = exc
             raise
-        self.released += len(chunk)
         return chunk
 
     async def _pull(self) -> Chunk:

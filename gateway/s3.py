@@ -11,56 +11,132 @@ CreateSession credentials that aiobotocore's identity resolver caches per bucket
 before they expire (one CreateSession per bucket, shared by every stream). One client serves both
 bucket types unless the operator points directory buckets at an endpoint of their own, which then
 gets a second client: botocore binds an endpoint override to a client.
+
+No wait on S3 is unbounded:
+
+- **Connections.** A call takes a connection from :class:`gateway.pool.ConnectionSlots` first:
+  at most ``GATEWAY_S3_POOL_TIMEOUT`` of waiting, fairly shared among callers. UploadPart and
+  UploadPartCopy use the *data* slots (``GATEWAY_S3_MAX_POOL_CONNECTIONS``); the control calls
+  (create, complete, abort, listings) have *control* slots of their own
+  (``GATEWAY_S3_CONTROL_POOL_CONNECTIONS``), so streams, however many and however stalled, cannot
+  starve them. aiohttp's pool holds both and some more, so a call holding a slot never waits for
+  aiohttp, nor do the calls botocore makes by itself (S3 Express CreateSession).
+- **Sending.** Every S3 socket has ``TCP_USER_TIMEOUT`` set to ``GATEWAY_S3_STALL_TIMEOUT``: when
+  S3 stops acknowledging (or stops reading: a zero window) for that long, the kernel aborts the
+  connection. ``TCP_NOTSENT_LOWAT`` keeps at most :data:`UNSENT_LOW_WATER` bytes unsent in the
+  kernel, so aiohttp asks a streamed body for more only as S3 takes it (the body's
+  :class:`gateway.relay.SendWatch` sees every wait on S3 as it happens) and the read timeout,
+  which starts when the last byte is written, does not count megabytes still queued in socket
+  buffers.
+- **Answers.** ``GATEWAY_S3_READ_TIMEOUT`` between two bytes of S3's answer (aiohttp's read
+  timeout), ``GATEWAY_S3_CONNECT_TIMEOUT`` to connect.
+
+aiohttp re-sends a request, once, when the connection closes before the request's body has begun
+(RFC 9112 retries of idempotent methods on a persistent connection; UploadPart is a PUT): no byte
+of the caller's stream has been read by then, so the second attempt carries exactly the bytes the
+first would have. Once the body has begun, aiohttp never re-sends it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
+from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore import xform_name
-from botocore.config import Config
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.errors import from_s3_exception
+from gateway.errors import GatewayError, from_s3_exception
 from gateway.metrics import Metrics, bucket_type
+from gateway.pool import ConnectionSlots
 from gateway.validate import is_directory_bucket
 
 DEFAULT_REGION = "us-east-1"
+Pool = Literal["data", "control"]
+#: The operations that use the data slots; every other one uses the control slots.
+DATA_OPERATIONS = frozenset({"UploadPart", "UploadPartCopy"})
+#: Bytes of a request the kernel may hold not yet sent (TCP_NOTSENT_LOWAT).
+UNSENT_LOW_WATER = 128 * 1024
+#: Connections aiohttp's pool may open beyond the slots, for botocore's own calls.
+POOL_HEADROOM = 8
+#: Linux's socket option numbers, for Pythons that do not name them.
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
-def client_config(settings: Settings, region: str, *, directory: bool = False) -> Config:
+def client_config(settings: Settings, region: str, *, directory: bool = False) -> AioConfig:
     s3_options: dict[str, Any] = {
         "payload_signing_enabled": False,
         "addressing_style": "virtual" if directory else settings.s3_addressing_style,
     }
     if not settings.s3_express_session_auth:
         s3_options["disable_s3_express_session_auth"] = True
-    return Config(
+    slots = settings.s3_max_pool_connections + settings.s3_control_pool_connections
+    return AioConfig(
         region_name=region,
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
-        max_pool_connections=settings.s3_max_pool_connections,
+        max_pool_connections=slots + POOL_HEADROOM,
         retries={"total_max_attempts": 1, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3=s3_options,
         user_agent_extra=f"s3-upload-gateway/{__version__}",
+        connector_args={"socket_factory": socket_factory(settings.s3_stall_timeout)},
     )
 
 
-class S3:
-    """Async facade over the clients: calls by operation name, routed by bucket type, errors
-    classified."""
+def socket_factory(stall_timeout: float) -> Callable[[Any], socket.socket]:
+    """aiohttp's socket factory for S3 connections: the kernel aborts a connection on which S3
+    acknowledged nothing for ``stall_timeout`` seconds, and queues little unsent."""
 
-    def __init__(self, general: Any, directory: Any, region: str, metrics: Metrics) -> None:
+    def create(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            for option, value in (
+                (_TCP_USER_TIMEOUT, max(1, int(stall_timeout * 1000))),
+                (_TCP_NOTSENT_LOWAT, UNSENT_LOW_WATER),
+            ):
+                with contextlib.suppress(OSError):  # not every platform has both
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        return sock
+
+    return create
+
+
+class Watch(Protocol):
+    """Bounds the waits on S3 of one call from inside (see :class:`gateway.relay.SendWatch`)."""
+
+    def start(self) -> None: ...
+
+    def expired(self) -> GatewayError | None: ...
+
+    def close(self) -> None: ...
+
+
+class S3:
+    """Async facade over the clients: calls by operation name, routed by bucket type and pool,
+    bounded, errors classified."""
+
+    def __init__(
+        self,
+        general: Any,
+        directory: Any,
+        slots: dict[Pool, ConnectionSlots],
+        region: str,
+        metrics: Metrics,
+    ) -> None:
         self._general = general
         self._directory = directory
+        self._slots = slots
         self.region = region
         self._metrics = metrics
         self.endpoint_url: str = general.meta.endpoint_url
@@ -68,42 +144,68 @@ class S3:
     def client_for(self, bucket: str) -> Any:
         return self._directory if is_directory_bucket(bucket) else self._general
 
-    @property
-    def events(self) -> Any:
-        """botocore's event system of the general purpose client (hooks for metrics, tests)."""
-        return self._general.meta.events
+    def register(self, event: str, handler: Callable[..., Any]) -> None:
+        """Register a botocore event handler with every client (hooks for tests)."""
+        for client in {id(c): c for c in (self._general, self._directory)}.values():
+            client.meta.events.register(event, handler)
 
-    @property
-    def directory_events(self) -> Any:
-        """The event system of the client serving directory buckets."""
-        return self._directory.meta.events
+    def unregister(self, event: str, handler: Callable[..., Any]) -> None:
+        for client in {id(c): c for c in (self._general, self._directory)}.values():
+            client.meta.events.unregister(event, handler)
 
     def uses_tls(self, bucket: str) -> bool:
         """Whether requests for ``bucket`` go over https."""
         endpoint_url: str = self.client_for(bucket).meta.endpoint_url
         return urlparse(endpoint_url).scheme == "https"
 
-    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Call ``operation`` (e.g. ``"ListParts"``); any failure becomes a GatewayError."""
+    async def call(
+        self,
+        operation: str,
+        params: dict[str, Any],
+        *,
+        caller: str = "",
+        watch: Watch | None = None,
+    ) -> dict[str, Any]:
+        """Call ``operation`` (e.g. ``"ListParts"``) for ``caller`` (an admission key: who waits
+        for a connection); any failure becomes a GatewayError."""
         bucket = params.get("Bucket", "")
         method = getattr(self.client_for(bucket), xform_name(operation))
-        started = time.perf_counter()
-        try:
-            response: dict[str, Any] = await method(**params)
-        except Exception as exc:  # classified, never swallowed
-            aborted = getattr(params.get("Body"), "failure", None)
-            if aborted is not None:
-                # The body aborted the request on purpose (aiobotocore reports a connection
-                # error): its reason is the answer, and S3 did nothing wrong.
-                raise aborted from None
-            error = from_s3_exception(exc, operation)
-            code = error.metadata.get("s3ErrorCode", error.reason)
-            self._metrics.s3_failed(operation, code, bucket)
-            raise error from exc
-        finally:
-            elapsed = time.perf_counter() - started
-            self._metrics.s3_seconds.labels(operation, bucket_type(bucket)).observe(elapsed)
+        pool: Pool = "data" if operation in DATA_OPERATIONS else "control"
+        async with self._slots[pool].slot(caller):
+            started = time.perf_counter()
+            try:
+                response: dict[str, Any] = await _send(method, params, watch)
+            except Exception as exc:  # classified, never swallowed
+                aborted = getattr(params.get("Body"), "failure", None)
+                if aborted is not None:
+                    # The body aborted the request on purpose (aiobotocore reports a connection
+                    # error): its reason is the answer, and S3 did nothing wrong.
+                    raise aborted from None
+                error = from_s3_exception(exc, operation)
+                code = error.metadata.get("s3ErrorCode", error.reason)
+                self._metrics.s3_failed(operation, code, bucket)
+                raise error from exc
+            finally:
+                elapsed = time.perf_counter() - started
+                self._metrics.s3_seconds.labels(operation, bucket_type(bucket)).observe(elapsed)
         return response
+
+
+async def _send(method: Any, params: dict[str, Any], watch: Watch | None) -> dict[str, Any]:
+    if watch is None:
+        response: dict[str, Any] = await method(**params)
+        return response
+    watch.start()
+    try:
+        response = await method(**params)
+        return response
+    except asyncio.CancelledError:
+        error = watch.expired()
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        watch.close()
 
 
 @contextlib.asynccontextmanager
@@ -127,7 +229,15 @@ async def open_s3(
             directory = await stack.enter_async_context(
                 _client(session, settings, region, directory_url, static_credentials, True)
             )
-        yield S3(general, directory, region, metrics)
+        slots: dict[Pool, ConnectionSlots] = {
+            "data": ConnectionSlots(
+                "data", settings.s3_max_pool_connections, settings.s3_pool_timeout, metrics
+            ),
+            "control": ConnectionSlots(
+                "control", settings.s3_control_pool_connections, settings.s3_pool_timeout, metrics
+            ),
+        }
+        yield S3(general, directory, slots, region, metrics)
 
 
 def _client(

@@ -53,12 +53,12 @@ class Guard:
         if self.policy_file is not None:
             metrics.watch("policy", self.policy_file)
         self.max_streams = settings.max_streams
-        self.max_streams_per_principal = settings.max_streams_per_principal
+        self.max_streams_per_principal = settings.principal_stream_limit
         self.budget = Budget(settings.max_buffer_bytes, metrics)
         #: What one UploadPart stream may hold: its flow-control window and one message.
         self.stream_reservation = settings.stream_window + settings.max_message_size
         self._streams = 0
-        self._streams_by_principal: collections.Counter[str] = collections.Counter()
+        self._streams_by_caller: collections.Counter[str] = collections.Counter()
 
     # ---------------------------------------------------------------- authentication
 
@@ -114,16 +114,25 @@ class Guard:
 
     # ---------------------------------------------------------------- admission
 
+    def admission_key(self, principal: Principal, context: Any) -> str:
+        """Whose limits a call counts against: an authenticated principal's, else (every caller
+        is ``anonymous`` then) the caller's own connection's, so that one connection's streams
+        cannot take every slot."""
+        if principal.method != "anonymous":
+            return principal.name
+        return f"{principal.name} {context.peer()}"
+
     @contextmanager
-    def stream(self, principal: Principal) -> Iterator[None]:
-        """Admit one UploadPart stream for its lifetime, or raise :class:`ResourceExhausted`."""
+    def stream(self, caller: str) -> Iterator[None]:
+        """Admit one UploadPart stream of ``caller`` (an :meth:`admission_key`) for its lifetime,
+        or raise :class:`ResourceExhausted`."""
         if self._streams >= self.max_streams:
             self._refuse(
                 "STREAM_LIMIT",
                 f"the gateway already relays {self.max_streams} streams (GATEWAY_MAX_STREAMS)",
                 self.max_streams,
             )
-        if self._streams_by_principal[principal.name] >= self.max_streams_per_principal:
+        if self._streams_by_caller[caller] >= self.max_streams_per_principal:
             self._refuse(
                 "PRINCIPAL_STREAM_LIMIT",
                 f"this caller already has {self.max_streams_per_principal} streams in flight "
@@ -132,14 +141,14 @@ class Guard:
             )
         with self.budget.reserve(self.stream_reservation):
             self._streams += 1
-            self._streams_by_principal[principal.name] += 1
+            self._streams_by_caller[caller] += 1
             try:
                 yield
             finally:
                 self._streams -= 1
-                self._streams_by_principal[principal.name] -= 1
-                if not self._streams_by_principal[principal.name]:
-                    del self._streams_by_principal[principal.name]
+                self._streams_by_caller[caller] -= 1
+                if not self._streams_by_caller[caller]:
+                    del self._streams_by_caller[caller]
 
     def _refuse(self, reason: str, message: str, limit: int) -> None:
         raise ResourceExhausted(

@@ -36,6 +36,7 @@ from gateway.relay import (
     IdleTimer,
     MessageReader,
     PartBody,
+    SendWatch,
     next_message,
     read_whole_part,
     verify_whole_part,
@@ -95,6 +96,8 @@ class CallRecord:
     bytes: int = 0
     #: Who made the call, once authenticated.
     principal: Principal | None = None
+    #: Whose limits the call counts against: the principal, or an anonymous caller's connection.
+    caller: str = ""
 
     def fields(self, code: grpc.StatusCode, seconds: float) -> dict[str, Any]:
         fields: dict[str, Any] = {"method": self.method, "code": code.name}
@@ -131,6 +134,7 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
         try:
             try:
                 record.principal = self._guard.authenticate(context)
+                record.caller = self._guard.admission_key(record.principal, context)
                 if isinstance(request, Malformed):
                     raise InvalidRequest("request", f"is not valid protobuf: {request.error}")
                 if handler.__name__ != "UploadPart":
@@ -212,6 +216,14 @@ class UploadService(pb_grpc.UploadServiceServicer):
                 metadata={"bucketRegion": region, "gatewayRegion": self._s3.region},
             )
 
+    async def _call(
+        self, operation: str, params: dict[str, Any], *, watch: SendWatch | None = None
+    ) -> dict[str, Any]:
+        """Call S3 on behalf of the current call's caller (who waits for a connection)."""
+        return await self._s3.call(
+            operation, params, caller=_current_call.get().caller, watch=watch
+        )
+
     def _trailer_ok(self, bucket: str) -> bool:
         return self._s3.uses_tls(bucket) and self._settings.s3_trailing_checksums
 
@@ -227,7 +239,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         directory = validate.is_directory_bucket(request.bucket)
         if directory and "ChecksumAlgorithm" not in params:
             params["ChecksumAlgorithm"] = DIRECTORY_BUCKET_CHECKSUM.name
-        response = await self._s3.call("CreateMultipartUpload", params)
+        response = await self._call("CreateMultipartUpload", params)
         reply = _reply(response, pb.CreateMultipartUploadResponse(), "CreateMultipartUpload")
         if directory and not reply.checksum_algorithm:
             reply.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(
@@ -241,7 +253,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     ) -> pb.UploadPartResponse:
         record = _current_call.get()
         assert record.principal is not None
-        with self._guard.stream(record.principal):
+        with self._guard.stream(record.caller):
             self._metrics.inflight_streams.inc()
             idle = IdleTimer(self._settings.idle_timeout) if self._settings.idle_timeout else None
             try:
@@ -307,7 +319,9 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def _stream_part(
         self, reader: MessageReader, plan: ChecksumPlan, params: dict[str, Any], length: int
     ) -> dict[str, Any]:
-        body = PartBody(reader, plan, length)
+        watch = SendWatch(self._settings.s3_stall_timeout)
+        body = PartBody(reader, plan, length, watch)
+        await body.first_bytes()
         announced = checksums.BY_NAME.get(params.get("ChecksumAlgorithm", ""))
         trailer_ok = self._trailer_ok(params["Bucket"])
         if announced is not None and announced.s3_member not in params and not trailer_ok:
@@ -316,7 +330,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             del params["ChecksumAlgorithm"]
         params.update(Body=body, ContentLength=length)
         try:
-            response = await self._s3.call("UploadPart", params)
+            response = await self._call("UploadPart", params, watch=watch)
         finally:
             self._metrics.s3_bytes.labels(bucket_type(params["Bucket"])).inc(body.released)
         if body.received != length:
@@ -358,7 +372,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
                 params[announced.s3_member] = checksums.encode(value)
         params.update(Body=data, ContentLength=len(data))
         self._metrics.s3_bytes.labels(bucket_type(params["Bucket"])).inc(len(data))
-        return await self._s3.call("UploadPart", params)
+        return await self._call("UploadPart", params)
 
     @rpc
     async def UploadPartCopy(
@@ -371,9 +385,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             raise InvalidRequest("copy_source", "is required")
         validate.sse_customer(request)
         validate.sse_customer(request, prefix="copy_source_")
-        response = await self._s3.call(
-            "UploadPartCopy", convert.to_params(request, "UploadPartCopy")
-        )
+        response = await self._call("UploadPartCopy", convert.to_params(request, "UploadPartCopy"))
         return _reply(response, pb.UploadPartCopyResponse(), "UploadPartCopy")
 
     @rpc
@@ -395,7 +407,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         validate.sse_customer(request)
         if request.HasField("mpu_object_size") and request.mpu_object_size < 0:
             raise InvalidRequest("mpu_object_size", "must not be negative")
-        response = await self._s3.call(
+        response = await self._call(
             "CompleteMultipartUpload", convert.to_params(request, "CompleteMultipartUpload")
         )
         return _reply(response, pb.CompleteMultipartUploadResponse(), "CompleteMultipartUpload")
@@ -406,7 +418,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     ) -> pb.AbortMultipartUploadResponse:
         self._check_object(request)
         validate.upload_id(request.upload_id)
-        response = await self._s3.call(
+        response = await self._call(
             "AbortMultipartUpload", convert.to_params(request, "AbortMultipartUpload")
         )
         return _reply(response, pb.AbortMultipartUploadResponse(), "AbortMultipartUpload")
@@ -421,7 +433,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         if not 0 <= request.part_number_marker <= validate.MAX_PART_NUMBER:
             raise InvalidRequest("part_number_marker", "must be a part number")
         validate.sse_customer(request)
-        response = await self._s3.call("ListParts", convert.to_params(request, "ListParts"))
+        response = await self._call("ListParts", convert.to_params(request, "ListParts"))
         return _reply(response, pb.ListPartsResponse(), "ListParts")
 
     @rpc
@@ -432,7 +444,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self._check_bucket(request.bucket)
         validate.page_size(request.max_uploads, "max_uploads")
         _check_common(request, "ListMultipartUploads")
-        response = await self._s3.call(
+        response = await self._call(
             "ListMultipartUploads", convert.to_params(request, "ListMultipartUploads")
         )
         return _reply(response, pb.ListMultipartUploadsResponse(), "ListMultipartUploads")

@@ -97,6 +97,7 @@ METRICS = frozenset(
         "s3gateway_policy_denials_total",
         "s3gateway_admission_rejections_total",
         "s3gateway_buffer_reserved_bytes",
+        "s3gateway_s3_connections_in_use",
         "s3gateway_config_reloads_total",
         "s3gateway_worker_up",
         "s3gateway_build_info",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from types import ModuleType
@@ -152,8 +153,11 @@ def part_stream(
     return stream(part_messages(header, data, chunk_size=chunk_size, trailer=trailer))
 
 
-async def upload_part_error(address: str, messages: Iterable[pb.UploadPartRequest]) -> Any:
-    """Send an UploadPart the gateway must refuse; return the grpc.RpcError.
+async def upload_part_error(
+    address: str, messages: Iterable[pb.UploadPartRequest], *, deadline: float | None = None
+) -> Any:
+    """Send an UploadPart the gateway must refuse (with a grpc deadline of ``deadline`` seconds,
+    if given); return the grpc.RpcError.
 
     This goes through grpc's synchronous API in a worker thread: when a server ends a
     client-streaming call while the client is still writing, grpc.aio clients can report
@@ -165,7 +169,7 @@ async def upload_part_error(address: str, messages: Iterable[pb.UploadPartReques
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.UploadServiceStub(channel)
             try:
-                stub.UploadPart(iter(messages))
+                stub.UploadPart(iter(messages), timeout=deadline)
             except grpc.RpcError as error:
                 return error
         raise AssertionError("UploadPart succeeded; an error was expected")
@@ -178,6 +182,36 @@ async def rpc_error(call: Any) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
+
+
+class HeldStream:
+    """An UploadPart (grpc's synchronous API) that sends ``messages``, then waits until released
+    (or 30 s) before ending its stream."""
+
+    def __init__(
+        self, stub: pb_grpc.UploadServiceStub, *messages: pb.UploadPartRequest, **kw: Any
+    ) -> None:
+        self.release = threading.Event()
+
+        def stream() -> Iterator[pb.UploadPartRequest]:
+            yield from messages
+            self.release.wait(30)
+
+        self.future = stub.UploadPart.future(stream(), **kw)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def metric(running: GatewayThread, name: str, **labels: str) -> float:
+    """The current value of one of a gateway's metric samples (0 when it has none yet)."""
+    value = running.gateway.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
 
 
 def load_script(name: str) -> ModuleType:

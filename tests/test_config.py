@@ -44,7 +44,13 @@ def test_variables_are_parsed_by_type() -> None:
     ("env", "message"),
     [
         ({"GATEWAY_S3_VERIFY_TLS": "perhaps"}, "not a valid bool"),
-        ({"GATEWAY_S3_MAX_POOL_CONNECTIONS": "0"}, "must be >= 1"),
+        ({"GATEWAY_S3_MAX_POOL_CONNECTIONS": "1"}, "must be >= 2"),
+        (
+            {"GATEWAY_S3_MAX_POOL_CONNECTIONS": "64", "GATEWAY_MAX_STREAMS_PER_PRINCIPAL": "64"},
+            "below GATEWAY_S3_MAX_POOL_CONNECTIONS",
+        ),
+        ({"GATEWAY_S3_STALL_TIMEOUT": "0"}, "GATEWAY_S3_STALL_TIMEOUT must be > 0"),
+        ({"GATEWAY_S3_POOL_TIMEOUT": "-1"}, "GATEWAY_S3_POOL_TIMEOUT must be > 0"),
         ({"GATEWAY_MAX_PART_SIZE": str(5 * 1024**3 + 1)}, "GATEWAY_MAX_PART_SIZE must be"),
         (
             {"GATEWAY_MAX_PART_SIZE": "1000", "GATEWAY_UNKNOWN_LENGTH_LIMIT": "2000"},
@@ -78,6 +84,12 @@ def test_bad_values_raise_one_clear_error(env: dict[str, str], message: str) -> 
 )
 def test_loopback_detection(address: str, loopback: bool) -> None:
     assert listens_on_loopback(address) is loopback
+
+
+def test_one_caller_gets_half_the_s3_pool_unless_told_otherwise() -> None:
+    assert Settings().principal_stream_limit == 32
+    assert Settings(s3_max_pool_connections=10).principal_stream_limit == 5
+    assert Settings(max_streams_per_principal=9).principal_stream_limit == 9
 
 
 def test_readme_documents_every_setting() -> None:

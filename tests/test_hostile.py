@@ -841,7 +841,7 @@ def admitted_streams(running: GatewayThread, wanted: int) -> int:
     GATEWAY_MAX_BUFFER_BYTES budget each stream reserves its window and one message from)."""
     s = running.settings
     by_budget = s.max_buffer_bytes // (s.stream_window + s.max_message_size)
-    return min(wanted, s.max_streams, s.max_streams_per_principal, by_budget)
+    return min(wanted, s.max_streams, s.principal_stream_limit, by_budget)
 
 
 def test_flood_of_streams_and_calls_leaves_the_gateway_healthy(

@@ -239,16 +239,16 @@ def capture_requests(gateway: GatewayThread, operation: str) -> Iterator[list[st
     """Record the URL of every ``operation`` request the gateway sends to S3 meanwhile."""
     sent: list[str] = []
     assert gateway.gateway.s3 is not None
-    events = gateway.gateway.s3.events
+    s3 = gateway.gateway.s3
 
     def record(request: Any, **_: Any) -> None:
         sent.append(request.url)
 
-    events.register(f"before-send.s3.{operation}", record)
+    s3.register(f"before-send.s3.{operation}", record)
     try:
         yield sent
     finally:
-        events.unregister(f"before-send.s3.{operation}", record)
+        s3.unregister(f"before-send.s3.{operation}", record)
 
 
 async def test_abort_removes_the_upload(stub: Stub, upload: Upload, s3: S3Reader) -> None:

@@ -39,7 +39,14 @@ from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy
 from tests.certs import CA, swap_symlinked
 from tests.gateway_process import gateway_process
-from tests.helpers import GatewayThread, error_info, retry_info
+from tests.helpers import (
+    GatewayThread,
+    HeldStream,
+    error_info,
+    metric,
+    retry_info,
+    wait_for,
+)
 
 MiB = 1024 * 1024
 TOKEN_A = auth.generate_token()
@@ -408,29 +415,8 @@ def test_mtls_identity_is_the_principal_and_the_health_port_serves_only_health(
 # --------------------------------------------------------------------------- admission limits
 
 
-class HeldStream:
-    """An UploadPart that sends its header and then waits until released."""
-
-    def __init__(self, stub: pb_grpc.UploadServiceStub, first: pb.UploadPartRequest, **kw: Any):
-        self.release = threading.Event()
-
-        def messages() -> Iterator[pb.UploadPartRequest]:
-            yield first
-            self.release.wait(30)
-
-        self.future = stub.UploadPart.future(messages(), **kw)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def inflight(gateway: GatewayThread) -> float:
-    value: float = gateway.gateway.metrics.inflight_streams._value.get()
-    return value
+    return metric(gateway, "s3gateway_inflight_streams")
 
 
 def rejections(gateway: GatewayThread) -> dict[str, float]:

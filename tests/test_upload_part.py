@@ -23,6 +23,7 @@ from tests.helpers import (
     error_info,
     field_violations,
     header_message,
+    metric,
     part_messages,
     part_stream,
     stream,
@@ -271,8 +272,8 @@ async def test_declared_checksums_are_forwarded_to_s3(
         )
 
     assert gateway.gateway.s3 is not None
-    events = gateway.gateway.s3.events
-    events.register("before-send.s3.UploadPart", record)
+    s3 = gateway.gateway.s3
+    s3.register("before-send.s3.UploadPart", record)
     try:
         data = os.urandom(1000)
         await send_part(
@@ -283,7 +284,7 @@ async def test_declared_checksums_are_forwarded_to_s3(
             checksum_sha256=b64(checksums.SHA256, data),
         )
     finally:
-        events.unregister("before-send.s3.UploadPart", record)
+        s3.unregister("before-send.s3.UploadPart", record)
     (headers,) = sent
     assert headers["content-md5"] == b64(checksums.CONTENT_MD5, data)
     assert headers["x-amz-checksum-sha256"] == b64(checksums.SHA256, data)
@@ -327,11 +328,12 @@ async def test_deadline_commits_nothing(stub: Stub, upload: Upload, s3: S3Reader
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
 
 
-def _s3_connections_in_use(gateway: GatewayThread) -> int:
-    """Connections aiohttp holds checked out of the gateway's pool (aiobotocore internals)."""
-    assert gateway.gateway.s3 is not None
-    sessions = gateway.gateway.s3._general._endpoint.http_session._sessions or {}
-    return sum(len(session.connector._acquired) for session in sessions.values())
+def _s3_connections_in_use(gateway: GatewayThread) -> float:
+    """S3 connections the gateway's calls hold, as its metrics report them."""
+    return sum(
+        metric(gateway, "s3gateway_s3_connections_in_use", pool=pool)
+        for pool in ("data", "control")
+    )
 
 
 async def _wait_until(condition: Any) -> None:
