@@ -209,7 +209,7 @@ def embedded_s3(bucket: str) -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
+        raise ImportError(
             "--embedded-s3 needs moto: pip install 's3-upload-gateway[embedded]'"
         ) from exc
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

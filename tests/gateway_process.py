@@ -60,14 +60,14 @@ def gateway_process(
     )
     log: list[str] = []
     try:
-        port = _wait_for_port(process, log)
+        port = read_ready_port(process, log)
     except BaseException:
         process.kill()
         process.wait()
         assert process.stderr is not None
         process.stderr.close()
         raise
-    reader = threading.Thread(target=_drain, args=(process, log), daemon=True)
+    reader = threading.Thread(target=collect_stderr, args=(process, log), daemon=True)
     reader.start()
     try:
         yield GatewayProcess(process, port, log)
@@ -90,7 +90,8 @@ def stop(process: subprocess.Popen[Any], timeout: float = 30) -> None:
         process.wait()
 
 
-def _wait_for_port(process: subprocess.Popen[str], log: list[str]) -> int:
+def read_ready_port(process: subprocess.Popen[str], log: list[str]) -> int:
+    """Read a starting gateway's stderr into ``log`` until it says which port it serves on."""
     assert process.stderr is not None
     for line in process.stderr:
         log.append(line)
@@ -100,7 +101,8 @@ def _wait_for_port(process: subprocess.Popen[str], log: list[str]) -> int:
     raise RuntimeError(f"gateway exited with {process.returncode}:\n{''.join(log)}")
 
 
-def _drain(process: subprocess.Popen[str], log: list[str]) -> None:
+def collect_stderr(process: subprocess.Popen[str], log: list[str]) -> None:
+    """Append a process's stderr lines to ``log`` until it closes (run it in a thread)."""
     assert process.stderr is not None
     for line in process.stderr:
         log.append(line)

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
-from tests.gateway_process import _drain, _wait_for_port, stop
+from tests.gateway_process import collect_stderr, read_ready_port, stop
 
 ROOT = Path(__file__).parent.parent
 INSTALL_SCRIPT = ROOT / "deploy" / "install-wheel.sh"
@@ -140,7 +140,7 @@ def _moto_server() -> Iterator[str]:
                 port = int(match.group(1))
                 break
         assert port is not None, f"moto exited with {process.wait()}:\n{''.join(log)}"
-        reader = threading.Thread(target=_drain, args=(process, log), daemon=True)
+        reader = threading.Thread(target=collect_stderr, args=(process, log), daemon=True)
         reader.start()
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -184,9 +184,10 @@ def test_wheel_without_extras_installs_starts_and_relays_an_upload(tmp_path: Pat
         timeout=60,
         check=False,
     )
-    assert embedded.returncode != 0
-    assert "--embedded-s3 needs moto: pip install 's3-upload-gateway[embedded]'" in (
-        embedded.stderr
+    assert embedded.returncode == 2
+    assert embedded.stderr.strip() == (
+        "s3-upload-gateway: configuration error: --embedded-s3 needs moto: "
+        "pip install 's3-upload-gateway[embedded]'"
     )
 
     # serve relays an upload to a separate S3 server, answers /metrics, and stops on SIGTERM.
@@ -217,9 +218,9 @@ def test_wheel_without_extras_installs_starts_and_relays_an_upload(tmp_path: Pat
         log: list[str] = []
         reader: threading.Thread | None = None
         try:
-            port = _wait_for_port(gateway, log)
+            port = read_ready_port(gateway, log)
             metrics_port = json.loads(log[-1])["metrics_port"]
-            reader = threading.Thread(target=_drain, args=(gateway, log), daemon=True)
+            reader = threading.Thread(target=collect_stderr, args=(gateway, log), daemon=True)
             reader.start()
 
             uploaded = json.loads(
