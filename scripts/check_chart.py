@@ -100,6 +100,7 @@ METRICS = frozenset(
         "s3gateway_s3_connections_in_use",
         "s3gateway_config_reloads_total",
         "s3gateway_worker_up",
+        "s3gateway_worker_restarts_total",
         "s3gateway_build_info",
         *HISTOGRAMS,
     }

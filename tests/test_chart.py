@@ -717,6 +717,7 @@ def test_alerts_and_dashboard_know_the_gateway_metrics() -> None:
     """check_chart's metric list, which the alerts, dashboard and docs are checked against."""
     families = list(Metrics().registry.collect())
     exported = {f.name + "_total" if f.type == "counter" else f.name for f in families}
-    supervisor = {"s3gateway_worker_up"}  # added by `serve --workers N` when it merges workers
+    # Added by `serve --workers N` when it merges workers.
+    supervisor = {"s3gateway_worker_up", "s3gateway_worker_restarts_total"}
     assert exported | supervisor == chart.METRICS
     assert {f.name for f in families if f.type == "histogram"} == chart.HISTOGRAMS
