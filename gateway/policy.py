@@ -249,7 +249,11 @@ class Policy:
         return Decision(False, f"{who} with a part of {part_size} bytes (at most {largest} bytes)")
 
     def check_copy_source(self, principal: str, bucket: str, key: str) -> Decision:
-        """Whether ``principal`` may read ``bucket``/``key`` as the source of UploadPartCopy."""
+        """Whether ``principal`` may read ``bucket``/``key`` as the source of UploadPartCopy.
+
+        ``bucket`` (a name or an access point ARN) and ``key`` are the object S3 reads, decoded
+        (:func:`gateway.security.parse_copy_source`), never the encoded ``copy_source`` string.
+        """
         for grant in self._grants(principal, UPLOAD_PART_COPY):
             if grant.allows_bucket(bucket) and grant.allows_key(key):
                 return _ALLOW

@@ -189,13 +189,14 @@ class UploadService(pb_grpc.UploadServiceServicer):
             m.admission_rejections.labels(error.reason).inc()
 
     def _authorize(self, operation: str, principal: Principal, request: Any) -> None:
-        """The policy check of a unary call, before it is validated or sent anywhere."""
+        """The policy check of a unary call, before it is validated or sent anywhere.
+
+        UploadPartCopy's source is checked by its handler, on the very value it sends S3.
+        """
         if operation == "ListMultipartUploads":
             self._guard.authorize(principal, operation, request.bucket, prefix=request.prefix)
             return
         self._guard.authorize(principal, operation, request.bucket, request.key)
-        if operation == "UploadPartCopy":
-            self._guard.authorize_copy_source(principal, request.copy_source)
 
     def _check_object(self, request: Any) -> None:
         _check_object(request)
@@ -378,14 +379,18 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def UploadPartCopy(
         self, request: pb.UploadPartCopyRequest, context: Context
     ) -> pb.UploadPartCopyResponse:
+        principal = _current_call.get().principal
+        assert principal is not None
+        # Parsed once: the source the policy allowed is the structure botocore encodes for S3.
+        source = self._guard.authorize_copy_source(principal, request.copy_source)
         self._check_object(request)
         validate.upload_id(request.upload_id)
         validate.part_number(request.part_number)
-        if not request.copy_source:
-            raise InvalidRequest("copy_source", "is required")
         validate.sse_customer(request)
         validate.sse_customer(request, prefix="copy_source_")
-        response = await self._call("UploadPartCopy", convert.to_params(request, "UploadPartCopy"))
+        params = convert.to_params(request, "UploadPartCopy")
+        params["CopySource"] = source.botocore()
+        response = await self._call("UploadPartCopy", params)
         return _reply(response, pb.UploadPartCopyResponse(), "UploadPartCopy")
 
     @rpc

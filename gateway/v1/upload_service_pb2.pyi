@@ -748,7 +748,19 @@ class UploadPartCopyRequest(_message.Message):
     part_number: _builtins.int
     """Required. The part number, 1 to 10000."""
     copy_source: _builtins.str
-    """Required. The source as "bucket/key", optionally with "?versionId=…"."""
+    """Required. The source object, as S3's x-amz-copy-source header names it:
+    "BUCKET/KEY" or "ACCESS_POINT_ARN/object/KEY" (an S3 or S3 on Outposts access point),
+    with at most one leading "/", optionally followed by "?versionId=ID".
+    BUCKET and the ARN are never encoded. KEY is URL-encoded and decoded exactly once:
+    "%2F" is "/", "+" and "%2B" are "+", " " and "%20" are a space, a "?" of the key is
+    "%3F"; every "%" begins two hex digits, and the decoded bytes are UTF-8. The decoded key
+    is at most 1024 bytes, without control characters, and without "%": S3-compatible stores
+    disagree on decoding a copy source again, so such a key (double encoding such as "%252F"
+    included) is refused. ID is 1 to 1024 of the characters A-Z a-z 0-9 - . _ ~; no other
+    query is accepted. The gateway sends S3 this bucket, key and version, encoded once, and the
+    authorization policy checks exactly them. Unlike the aws CLI and boto3, the gateway does
+    not encode the string it is given. Anything else is INVALID_ARGUMENT; nothing reaches S3.
+    """
     copy_source_if_match: _builtins.str
     """Copy only if the source ETag matches."""
     copy_source_if_none_match: _builtins.str
