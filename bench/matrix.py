@@ -49,7 +49,7 @@ from bench.processes import AWS_ENV, Gateway, gateway_server, moto_server
 from bench.sink import sink_process
 from gateway import checksums
 from gateway.config import Settings
-from gateway.s3 import client_config
+from gateway.server.s3 import client_config
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 

@@ -29,7 +29,7 @@ from bench.matrix import BUCKET, KEY, Client
 from bench.processes import AWS_ENV, gateway_server
 from bench.sink import sink_process
 from gateway.config import Settings
-from gateway.s3 import client_config
+from gateway.server.s3 import client_config
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 MiB = 1024 * 1024

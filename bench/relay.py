@@ -27,7 +27,7 @@ from bench.matrix import Body
 from bench.processes import cpu_seconds, moto_server
 from gateway import checksums
 from gateway.config import Settings
-from gateway.s3 import client_config
+from gateway.server.s3 import client_config
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.gateway_process import gateway_process

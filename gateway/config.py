@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
+from gateway.units import GiB, MiB
+
 #: S3's largest part.
 MAX_S3_PART_SIZE = 5 * GiB
 

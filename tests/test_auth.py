@@ -1,4 +1,4 @@
-"""gateway.auth: the token file, bearer metadata, client-certificate identities, the rules."""
+"""gateway.security.auth: the token file, bearer metadata, client-certificate identities, rules."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.auth import (
+from gateway.security.auth import (
     ANONYMOUS,
     AuthConfigError,
     Authenticator,
@@ -29,7 +29,7 @@ from gateway.auth import (
     mtls_identity,
     parse_tokens,
 )
-from gateway.tls import ServerTLS, channel_credentials
+from gateway.security.tls import ServerTLS, channel_credentials
 from tests.certs import CA, Leaf, swap_symlinked
 
 TOKEN = "tok-" + "a" * 40
@@ -206,7 +206,7 @@ def test_bad_reload_keeps_the_previous_tokens_and_logs_once(
     for _ in range(3):
         clock.now += 1
         assert tokens.principal_for(TOKEN) == "job"
-    errors = [r for r in caplog.records if r.name == "gateway.auth"]
+    errors = [r for r in caplog.records if r.name == "gateway.security.auth"]
     assert [r.levelno for r in errors] == [logging.ERROR]
     assert "previous tokens" in errors[0].getMessage()
     assert tokens.reloads == 0

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from gateway.config import describe
-from gateway.metrics import Metrics
-from gateway.policy import OPERATIONS, Policy
+from gateway.security.policy import OPERATIONS, Policy
+from gateway.server.metrics import Metrics
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent

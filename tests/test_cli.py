@@ -25,8 +25,8 @@ import boto3
 import pytest
 from awscrt import checksums as crt
 
-from gateway import s3api_cli
 from gateway.cli import build_parser
+from gateway.cli import s3api as s3api_cli
 from tests.cli_helpers import (
     Certificate,
     aws_cli,

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from gateway import cli
-from gateway.auth import bearer_token, hash_token, parse_tokens
 from gateway.client import GatewayCallError, GatewayClient
 from gateway.config import Settings
+from gateway.security.auth import bearer_token, hash_token, parse_tokens
 from gateway.v1 import upload_service_pb2 as pb
 from tests.certs import CA
 from tests.cli_helpers import Certificate, gateway_cli

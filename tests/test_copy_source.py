@@ -20,9 +20,9 @@ from botocore.handlers import handle_copy_source_param
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import auth
 from gateway.errors import InvalidRequest
-from gateway.security import CopySource, parse_copy_source
+from gateway.security import auth
+from gateway.security.guard import CopySource, parse_copy_source
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy

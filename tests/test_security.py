@@ -31,9 +31,9 @@ import h2.exceptions
 import pytest
 import yaml
 
-from gateway import auth
 from gateway.config import ConfigError, Settings
-from gateway.server import plaintext_warning
+from gateway.security import auth
+from gateway.server.app import plaintext_warning
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy

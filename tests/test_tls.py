@@ -1,4 +1,4 @@
-"""gateway.tls against a real grpc.aio server: TLS, mTLS, and certificate rotation under load."""
+"""gateway.security.tls against a real grpc.aio server: TLS, mTLS, rotation under load."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.tls import ServerTLS, TLSConfigError, channel_credentials, load_pair
+from gateway.security.tls import ServerTLS, TLSConfigError, channel_credentials, load_pair
 from tests.certs import CA, swap_symlinked
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -112,7 +112,7 @@ async def test_mtls_requires_a_client_certificate_from_the_client_ca(
 async def test_rotation_serves_the_new_certificate_without_dropping_streams(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tls")
+    caplog.set_level(logging.INFO, logger="gateway.security.tls")
     secret = tmp_path / "secret"  # laid out like a mounted Kubernetes Secret
     old_ca, new_ca = CA("Old CA"), CA("New CA")
     old, new = old_ca.server_leaf(), new_ca.server_leaf()
@@ -189,7 +189,7 @@ async def test_bad_new_files_keep_the_old_certificate(
         for _ in range(3):
             assert await check(running.target, channel_credentials(ca_file)) == grpc.StatusCode.OK
         assert tls.reloads == 0
-        warnings = [r for r in caplog.records if r.name == "gateway.tls"]
+        warnings = [r for r in caplog.records if r.name == "gateway.security.tls"]
         assert len(warnings) == 1, warnings
         assert warnings[0].levelno == logging.WARNING
         assert "previous" in warnings[0].getMessage()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import checksums
-from gateway.upload_cli import ProgressBar, UsageError, parse_destination, parse_size
+from gateway.cli.upload import ProgressBar, UsageError, parse_destination, parse_size
 from tests.cli_helpers import gateway_cli
 from tests.helpers import GatewayThread, MiB, S3Reader
 

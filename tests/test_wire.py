@@ -1,4 +1,4 @@
-"""Request decoding (gateway.wire) and background hashing (gateway.relay.BackgroundHasher)."""
+"""Request decoding (gateway.server.wire) and background hashing (relay.BackgroundHasher)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import checksums, relay
+from gateway import checksums
 from gateway.errors import ResourceExhausted
+from gateway.server import relay
+from gateway.server.wire import Data, Malformed, decode_part_message, decoder
 from gateway.v1 import upload_service_pb2 as pb
-from gateway.wire import Data, Malformed, decode_part_message, decoder
 from tests.helpers import error_info
 
 crc32c_values = st.none() | st.integers(min_value=0, max_value=2**32 - 1)

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway import auth
+from gateway.security import auth
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.faults.proxy import FaultProxy, Stall

@@ -19,9 +19,9 @@ import boto3
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.server.workers import RESTART_DELAY_FIRST, RestartBackoff
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
-from gateway.workers import RESTART_DELAY_FIRST, RestartBackoff
 from tests.helpers import MiB, chunks, data_message, header_message
 from tests.test_workers import (
     Pool,
@@ -319,7 +319,7 @@ def _logged(pool: Pool, worker: int, text: str) -> dict[str, Any] | None:
 
 def _supervisor_logged(pool: Pool, text: str) -> dict[str, Any] | None:
     for record in pool.records():
-        if record["logger"] == "gateway.workers" and text in record["message"]:
+        if record["logger"] == "gateway.server.workers" and text in record["message"]:
             return record
     return None
 

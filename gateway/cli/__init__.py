@@ -3,7 +3,7 @@
 ``serve`` runs the gateway; ``hash-token`` makes an entry of the token file
 (``GATEWAY_AUTH_TOKENS_FILE``); the other subcommands (``upload-part``,
 ``create-multipart-upload``, …) call a running gateway with the options and output of
-``aws s3api`` (:mod:`gateway.s3api_cli`).
+``aws s3api`` (:mod:`gateway.cli.s3api`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from gateway import __version__, logs, reaper, s3api_cli, upload_cli
+from gateway import __version__, logs
+from gateway.cli import reap as reaper
+from gateway.cli import s3api as s3api_cli
+from gateway.cli import upload as upload_cli
 from gateway.config import ConfigError, Settings
 
 #: Exit code for a configuration the gateway cannot start with.
@@ -84,10 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     if settings.workers > 1:
-        from gateway.workers import supervise
+        from gateway.server.workers import supervise
 
         return supervise(settings)
-    from gateway.server import run
+    from gateway.server.app import run
 
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
@@ -125,8 +128,8 @@ def _add_hash_token(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 def _hash_token(args: argparse.Namespace) -> int:
     import yaml
 
-    from gateway.auth import generate_token, hash_token
     from gateway.client import bearer_metadata
+    from gateway.security.auth import generate_token, hash_token
 
     principal = args.principal.strip()
     if not principal or not principal.isprintable():

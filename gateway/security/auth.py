@@ -12,8 +12,8 @@ enough: nothing can be guessed or brute-forced from a hash, unlike a password, a
 password hash would only cost CPU on every call. One principal may have several entries (a token
 being rotated); a hash may appear only once.
 
-A client certificate, verified by the TLS layer (:mod:`gateway.tls`), names its caller through
-the peer properties grpc puts in ``ServicerContext.auth_context()`` (:func:`mtls_identity`).
+A client certificate, verified by the TLS layer (:mod:`gateway.security.tls`), names its caller
+through the peer properties grpc puts in ``ServicerContext.auth_context()`` (:func:`mtls_identity`).
 
 :class:`Authenticator` combines both. A call that presents a token is judged by the token alone:
 a malformed or unknown one is refused even over a connection with a good certificate (fail

@@ -63,7 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import logs
 from gateway.cli import EXIT_CONFIG, loop_factory
 from gateway.config import ConfigError, Settings
-from gateway.metrics import serve_registry
+from gateway.server.metrics import serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -628,9 +628,9 @@ class _WorkerField(logging.Filter):
 
 
 async def _serve(settings: Settings, report: Connection) -> int:
-    """:func:`gateway.server.run` on a shared port, reporting its ports (or why it could not
+    """:func:`gateway.server.app.run` on a shared port, reporting its ports (or why it could not
     start) to the supervisor; the exit code."""
-    from gateway.server import Gateway, run
+    from gateway.server.app import Gateway, run
 
     ready = False
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway import s3api_cli
+from gateway.cli import s3api as s3api_cli
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 

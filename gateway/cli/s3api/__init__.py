@@ -92,7 +92,7 @@ from jmespath.parser import ParsedResult
 from gateway import checksums
 from gateway.client import bearer_metadata
 from gateway.config import ConfigError, listens_on_loopback
-from gateway.tls import TLSConfigError, load_pair
+from gateway.security.tls import TLSConfigError, load_pair
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from gateway.watch import read_capped

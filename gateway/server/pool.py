@@ -11,7 +11,8 @@ sits in front of each pool and hands out its connections instead:
   (the earliest waiter among equals), so a caller with one stream is served before a caller with
   fifty, however many of them wait.
 
-Callers are named by the admission key of their principal (:meth:`gateway.security.Guard.key`).
+Callers are named by the admission key of their principal
+(:meth:`gateway.security.guard.Guard.admission_key`).
 One event loop: no locking.
 """
 
@@ -24,7 +25,7 @@ import itertools
 from collections.abc import AsyncIterator
 
 from gateway.errors import ResourceExhausted
-from gateway.metrics import Metrics
+from gateway.server.metrics import Metrics
 
 #: How long a caller refused a connection should wait before retrying, seconds.
 POOL_RETRY_DELAY = 1.0

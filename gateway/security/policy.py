@@ -61,7 +61,7 @@ from typing import NoReturn
 
 import yaml
 
-from gateway import watch
+from gateway import units, watch
 from gateway.config import ConfigError
 from gateway.v1 import upload_service_pb2
 from gateway.watch import read_capped
@@ -85,18 +85,6 @@ for _name in (LIST_UPLOADS, UPLOAD_PART, UPLOAD_PART_COPY):
         raise RuntimeError(f"UploadService has no {_name} RPC")
 
 _GRANT_KEYS = ("operations", "buckets", "prefixes", "max_part_size")
-_SIZE_UNITS = {
-    "B": 1,
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-    "TiB": 1024**4,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
-}
-_SIZE = re.compile(r"([0-9]{1,20})\s*(" + "|".join(_SIZE_UNITS) + r")?", re.ASCII)
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -118,7 +106,8 @@ _ALLOW = Decision(True, "")
 
 
 def parse_size(value: object) -> int:
-    """A positive size in bytes from an int or a string such as ``"128MiB"`` or ``"1 GB"``."""
+    """A positive size in bytes from an int or a string such as ``"128MiB"`` or ``"1 GB"``
+    (:func:`gateway.units.parse_size`: every unit is binary)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise PolicyError(
             f'must be a whole number of bytes or a string such as "128MiB", not {_show(value)}'
@@ -126,12 +115,10 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         size = value
     else:
-        match = _SIZE.fullmatch(value.strip())
-        if match is None:
-            raise PolicyError(
-                f"{_show(value)} is not a size: use bytes or a suffix of {', '.join(_SIZE_UNITS)}"
-            )
-        size = int(match[1]) * _SIZE_UNITS[match[2] or "B"]
+        try:
+            size = units.parse_size(value)
+        except ValueError:
+            raise PolicyError(f"{_show(value)} is not a size such as 128MiB or 1048576") from None
     if size <= 0:
         raise PolicyError(f"must be positive, not {_show(value)}")
     return size
@@ -252,7 +239,7 @@ class Policy:
         """Whether ``principal`` may read ``bucket``/``key`` as the source of UploadPartCopy.
 
         ``bucket`` (a name or an access point ARN) and ``key`` are the object S3 reads, decoded
-        (:func:`gateway.security.parse_copy_source`), never the encoded ``copy_source`` string.
+        (:func:`.guard.parse_copy_source`), never the encoded ``copy_source`` string.
         """
         for grant in self._grants(principal, UPLOAD_PART_COPY):
             if grant.allows_bucket(bucket) and grant.allows_key(key):

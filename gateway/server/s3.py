@@ -14,7 +14,7 @@ gets a second client: botocore binds an endpoint override to a client.
 
 No wait on S3 is unbounded:
 
-- **Connections.** A call takes a connection from :class:`gateway.pool.ConnectionSlots` first:
+- **Connections.** A call takes a connection from :class:`.pool.ConnectionSlots` first:
   at most ``GATEWAY_S3_POOL_TIMEOUT`` of waiting, fairly shared among callers. UploadPart and
   UploadPartCopy use the *data* slots (``GATEWAY_S3_MAX_POOL_CONNECTIONS``); the control calls
   (create, complete, abort, listings) have *control* slots of their own
@@ -25,7 +25,7 @@ No wait on S3 is unbounded:
   S3 stops acknowledging (or stops reading: a zero window) for that long, the kernel aborts the
   connection. ``TCP_NOTSENT_LOWAT`` keeps at most :data:`UNSENT_LOW_WATER` bytes unsent in the
   kernel, so aiohttp asks a streamed body for more only as S3 takes it (the body's
-  :class:`gateway.relay.SendWatch` sees every wait on S3 as it happens) and the read timeout,
+  :class:`gateway.server.relay.SendWatch` sees every wait on S3 as it happens) and the read timeout,
   which starts when the last byte is written, does not count megabytes still queued in socket
   buffers.
 - **Answers.** ``GATEWAY_S3_READ_TIMEOUT`` between two bytes of S3's answer (aiohttp's read
@@ -52,11 +52,11 @@ from aiobotocore.session import AioSession, get_session
 from botocore import xform_name
 
 from gateway import __version__
+from gateway.buckets import is_directory_bucket
 from gateway.config import Settings
 from gateway.errors import GatewayError, from_s3_exception
-from gateway.metrics import Metrics, bucket_type
-from gateway.pool import ConnectionSlots
-from gateway.validate import is_directory_bucket
+from gateway.server.metrics import Metrics, bucket_type
+from gateway.server.pool import ConnectionSlots
 
 DEFAULT_REGION = "us-east-1"
 Pool = Literal["data", "control"]
@@ -113,7 +113,7 @@ def socket_factory(stall_timeout: float) -> Callable[[Any], socket.socket]:
 
 
 class Watch(Protocol):
-    """Bounds the waits on S3 of one call from inside (see :class:`gateway.relay.SendWatch`)."""
+    """Bounds the waits on S3 of one call from inside (see :class:`.relay.SendWatch`)."""
 
     def start(self) -> None: ...
 

@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway import __version__
+from gateway.buckets import is_directory_bucket
 from gateway.errors import S3_ERROR_CODES
-from gateway.validate import is_directory_bucket
+from gateway.units import MiB
 
 #: grpc_code label values, spelled as Go's codes.Code String() spells them.
 GO_CODE_NAMES = {
@@ -47,22 +48,21 @@ GO_CODE_NAMES = {
 _GATEWAY_S3_FAILURES = ("S3_UNREACHABLE", "S3_TIMEOUT", "S3_STALLED", "GATEWAY_CREDENTIALS")
 _KNOWN_S3_CODES = frozenset(S3_ERROR_CODES) | frozenset(_GATEWAY_S3_FAILURES)
 
-_MiB = 1024 * 1024
 #: Part sizes from 64 KiB to S3's 5 GiB limit.
 PART_SIZE_BUCKETS = (
     64 * 1024,
-    _MiB,
-    5 * _MiB,
-    8 * _MiB,
-    16 * _MiB,
-    32 * _MiB,
-    64 * _MiB,
-    128 * _MiB,
-    256 * _MiB,
-    512 * _MiB,
-    1024 * _MiB,
-    2048 * _MiB,
-    5120 * _MiB,
+    MiB,
+    5 * MiB,
+    8 * MiB,
+    16 * MiB,
+    32 * MiB,
+    64 * MiB,
+    128 * MiB,
+    256 * MiB,
+    512 * MiB,
+    1024 * MiB,
+    2048 * MiB,
+    5120 * MiB,
 )
 #: S3 calls take milliseconds (small parts) to minutes (a 5 GiB part on a slow link).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -2,7 +2,7 @@
 
 Each handler validates its request completely before the first byte goes to S3, converts it to
 botocore parameters (:mod:`gateway.convert`), makes the call through the shared client
-(:mod:`gateway.s3`), and converts S3's answer back. Every failure leaves as a
+(:mod:`gateway.server.s3`), and converts S3's answer back. Every failure leaves as a
 :class:`gateway.errors.GatewayError` turned into a rich ``google.rpc.Status``.
 """
 
@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gateway import checksums, convert, logs, validate
-from gateway.auth import Principal
+from gateway import buckets, checksums, convert, logs
 from gateway.checksums import Algorithm
 from gateway.config import MAX_S3_PART_SIZE, Settings
 from gateway.errors import (
@@ -30,8 +29,11 @@ from gateway.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from gateway.metrics import ADMISSION_LIMITS, Metrics, bucket_type
-from gateway.relay import (
+from gateway.security.auth import Principal
+from gateway.security.guard import Guard
+from gateway.server import validate
+from gateway.server.metrics import ADMISSION_LIMITS, Metrics, bucket_type
+from gateway.server.relay import (
     ChecksumPlan,
     IdleTimer,
     MessageReader,
@@ -41,11 +43,10 @@ from gateway.relay import (
     read_whole_part,
     verify_whole_part,
 )
-from gateway.s3 import S3
-from gateway.security import Guard
+from gateway.server.s3 import S3
+from gateway.server.wire import Data, Malformed, PartMessage, decode_part_message, decoder
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
-from gateway.wire import Data, Malformed, PartMessage, decode_part_message, decoder
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +205,10 @@ class UploadService(pb_grpc.UploadServiceServicer):
 
     def _check_bucket(self, bucket: str) -> None:
         """Routing checks: a directory bucket must live in the region this gateway serves."""
-        if not validate.is_directory_bucket(bucket):
+        if not buckets.is_directory_bucket(bucket):
             return
-        zone = validate.directory_bucket_zone(bucket)
-        region = validate.zone_region(zone)
+        zone = buckets.directory_bucket_zone(bucket)
+        region = buckets.zone_region(zone)
         if region is not None and region != self._s3.region:
             raise GatewayError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -237,7 +238,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         _check_checksum_choice(request.checksum_algorithm, request.checksum_type)
         validate.user_metadata(request.metadata)
         params = convert.to_params(request, "CreateMultipartUpload")
-        directory = validate.is_directory_bucket(request.bucket)
+        directory = buckets.is_directory_bucket(request.bucket)
         if directory and "ChecksumAlgorithm" not in params:
             params["ChecksumAlgorithm"] = DIRECTORY_BUCKET_CHECKSUM.name
         response = await self._call("CreateMultipartUpload", params)
@@ -406,7 +407,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             if not part.etag:
                 raise InvalidRequest(f"parts[{index}].etag", "is required")
             validate.declared_checksums(part, prefix=f"parts[{index}].")
-        if validate.is_directory_bucket(request.bucket):
+        if buckets.is_directory_bucket(request.bucket):
             validate.consecutive_part_numbers([p.part_number for p in request.parts])
         validate.declared_checksums(request)
         validate.sse_customer(request)
@@ -445,7 +446,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
     async def ListMultipartUploads(
         self, request: pb.ListMultipartUploadsRequest, context: Context
     ) -> pb.ListMultipartUploadsResponse:
-        validate.bucket(request.bucket)
+        buckets.check_name(request.bucket)
         self._check_bucket(request.bucket)
         validate.page_size(request.max_uploads, "max_uploads")
         _check_common(request, "ListMultipartUploads")
@@ -470,12 +471,12 @@ async def _read_header(
 
 def _check_object(request: Any) -> None:
     """Checks shared by every request naming a bucket and a key."""
-    validate.bucket(request.bucket)
+    buckets.check_name(request.bucket)
     validate.key(request.key)
     _check_common(
         request, type(request).DESCRIPTOR.name.removesuffix("Request").removesuffix("Header")
     )
-    if validate.is_directory_bucket(request.bucket):
+    if buckets.is_directory_bucket(request.bucket):
         validate.directory_bucket_rules(request)
 
 
@@ -487,7 +488,7 @@ def _check_common(request: Any, operation: str) -> None:
 
 def _wants_default_checksum(header: pb.UploadPartHeader, declared: dict[Algorithm, bytes]) -> bool:
     """A part for a directory bucket that names no checksum algorithm and carries no value."""
-    if not validate.is_directory_bucket(header.bucket) or header.checksum_algorithm:
+    if not buckets.is_directory_bucket(header.bucket) or header.checksum_algorithm:
         return False
     return not any(a in declared for a in checksums.CHECKSUM_ALGORITHMS)
 
@@ -511,7 +512,7 @@ def _reply(response: dict[str, Any], message: Response, operation: str) -> Respo
 
 
 def add_to_server(service: UploadService, server: grpc.aio.Server) -> None:
-    """Register ``service`` with the gateway's own request decoders (:mod:`gateway.wire`) in
+    """Register ``service`` with the gateway's own request decoders (:mod:`gateway.server.wire`) in
     place of the generated ones."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:

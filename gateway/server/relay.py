@@ -32,8 +32,8 @@ from gateway.errors import (
     ResourceExhausted,
     s3_stalled,
 )
+from gateway.server.wire import Data, Malformed, PartMessage
 from gateway.v1 import upload_service_pb2 as pb
-from gateway.wire import Data, Malformed, PartMessage
 
 Messages = AsyncIterator[PartMessage]
 #: A chunk of part bytes: a view into grpc's message buffer, or bytes.
@@ -194,7 +194,7 @@ class SendWatch:
     """Bounds what a streamed part waits for from S3 while its body is sent.
 
     aiohttp pulls the body chunk by chunk and writes each to the socket, waiting while S3 does
-    not take it (the kernel queues little: see :mod:`gateway.s3`). So between handing a chunk to
+    not take it (the kernel queues little: see :mod:`.s3`). So between handing a chunk to
     aiohttp and aiohttp asking for the next, the relay waits for S3; while aiohttp waits for the
     next chunk, it waits for the caller (whose waits :class:`IdleTimer` bounds). The first pull
     comes once S3 has answered ``100 Continue``. A wait for S3 longer than ``timeout`` cancels

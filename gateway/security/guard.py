@@ -2,10 +2,10 @@
 
 A :class:`Guard` is consulted by every UploadService call before anything reaches S3:
 
-1. **Authentication** (:mod:`gateway.auth`): a bearer token from ``authorization`` metadata, or
+1. **Authentication** (:mod:`.auth`): a bearer token from ``authorization`` metadata, or
    the verified client certificate of a mutual-TLS connection. With neither configured every
    caller is ``anonymous``. A caller who proves no known identity gets UNAUTHENTICATED.
-2. **Authorization** (:mod:`gateway.policy`): with a policy file, a call the policy does not allow
+2. **Authorization** (:mod:`.policy`): with a policy file, a call the policy does not allow
    gets PERMISSION_DENIED. Without one every authenticated caller may do everything, which
    :class:`gateway.config.Settings` permits only on loopback or with ``GATEWAY_ALLOW_ALL``.
 3. **Admission** of UploadPart streams: at most ``max_streams`` at once,
@@ -14,8 +14,9 @@ A :class:`Guard` is consulted by every UploadService call before anything reache
    worst case (its flow-control window plus one message) and a buffered part what it buffers.
    Over a limit: RESOURCE_EXHAUSTED with RetryInfo.
 
-The service counts every refusal in :class:`gateway.metrics.Metrics`; no secret ever reaches a log
-line, a metric label or an error message (principal names are identities, not secrets).
+The service counts every refusal in :class:`gateway.server.metrics.Metrics`; no secret ever
+reaches a log line, a metric label or an error message (principal names are identities, not
+secrets).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from typing import Any
 
 from botocore.handlers import VALID_S3_ARN
 
-from gateway import validate
-from gateway.auth import Authenticator, Principal, TokenFile
+from gateway import buckets
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated
-from gateway.metrics import Metrics
-from gateway.policy import PolicyFile
+from gateway.security.auth import Authenticator, Principal, TokenFile
+from gateway.security.policy import PolicyFile
+from gateway.server import validate
+from gateway.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +295,7 @@ def parse_copy_source(copy_source: str) -> CopySource:
         if not slash:
             raise InvalidRequest("copy_source", _SYNTAX)
         try:
-            validate.bucket(bucket, "copy_source")
+            buckets.check_name(bucket, "copy_source")
         except InvalidRequest as exc:
             raise InvalidRequest(
                 "copy_source", f"the source bucket {exc.violations[0][1]}"

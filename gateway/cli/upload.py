@@ -36,7 +36,8 @@ from typing import Any, TextIO
 
 import grpc
 
-from gateway import checksums, s3api_cli
+from gateway import checksums
+from gateway.cli import s3api as s3api_cli
 from gateway.client import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
@@ -410,7 +411,7 @@ async def _demo(
     size: int, options: UploadOptions, progress: Callable[[int, int | None], None]
 ) -> DemoSummary:
     from gateway.config import Settings
-    from gateway.server import EMBEDDED_CREDENTIALS, Gateway, embedded_s3
+    from gateway.server.app import EMBEDDED_CREDENTIALS, Gateway, embedded_s3
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     with embedded_s3(DEMO_BUCKET) as s3_url, _random_file(size) as (path, digest):
@@ -449,7 +450,7 @@ async def _sha256_of_object(url: str, bucket: str, key: str) -> str:
     """Read the object straight from the S3 store (not through the gateway)."""
     from aiobotocore.session import get_session
 
-    from gateway.server import EMBEDDED_CREDENTIALS
+    from gateway.server.app import EMBEDDED_CREDENTIALS
 
     key_id, secret = EMBEDDED_CREDENTIALS
     digest = hashlib.sha256()

@@ -4,7 +4,7 @@
 the gRPC server) and releases it in reverse order on :meth:`Gateway.stop`. :func:`run` is what
 ``s3-upload-gateway serve`` calls: start, wait for SIGTERM/SIGINT, drain, stop; a second signal
 stops at once. A ``serve --workers`` worker drains once however many signals arrive, and cancels
-in-flight calls only on SIGUSR1 (see :mod:`gateway.workers`).
+in-flight calls only on SIGUSR1 (see :mod:`gateway.server.workers`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.config import Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
-from gateway.metrics import Metrics, MetricsInterceptor
-from gateway.s3 import S3, open_s3
-from gateway.security import Guard
-from gateway.service import UploadService, add_to_server
-from gateway.tls import ServerTLS
+from gateway.security.guard import Guard
+from gateway.security.tls import ServerTLS
+from gateway.server.metrics import Metrics, MetricsInterceptor
+from gateway.server.s3 import S3, open_s3
+from gateway.server.service import UploadService, add_to_server
 from gateway.v1 import upload_service_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ async def run(
     With ``cancel_signal`` (a ``serve --workers`` worker), SIGTERM and SIGINT only ever drain,
     however many arrive, and ``cancel_signal`` cancels in-flight calls: a worker's signals come
     from its supervisor, and the supervisor's death alone can deliver several SIGTERMs (see
-    :mod:`gateway.workers`), which must not count as an operator's second signal.
+    :mod:`gateway.server.workers`), which must not count as an operator's second signal.
 
     ``started`` is called once the gateway serves (a ``serve --workers`` worker reports its ports
     with it); an exception before then means the gateway could not start."""

@@ -64,7 +64,7 @@ from awscrt import checksums as crt
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import checksums
-from gateway.tls import channel_credentials
+from gateway.security.tls import channel_credentials
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
@@ -515,7 +515,7 @@ class GatewayClient:
         ``client_key`` (PEM files, the key unencrypted) are presented for mutual TLS and need
         ``tls=True``. ``token`` goes with every call as a bearer token. Raises ValueError for
         a bad combination, a bad token or unusable certificate files
-        (:class:`gateway.tls.TLSConfigError`)."""
+        (:class:`gateway.security.tls.TLSConfigError`)."""
         if (client_cert is None) != (client_key is None):
             raise ValueError("client_cert and client_key go together")
         if client_cert is not None and not tls:
