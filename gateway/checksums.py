@@ -7,7 +7,8 @@ supplied by a caller before anything is sent to S3.
 
 CRC32C, CRC64NVME and the XXHASH family come from awscrt (native code, the library botocore itself
 uses); CRC32 from awscrt as well; the SHA family and MD5 from hashlib. Both release the GIL on large
-buffers.
+buffers. This module is the project's only user of awscrt: the per-message CRC32C
+(:func:`crc32c`) and the combination of CRCs (:func:`combine`) live here too.
 """
 
 from __future__ import annotations
@@ -188,3 +189,26 @@ class MultiHasher:
 
     def digests(self) -> dict[Algorithm, bytes]:
         return {a: h.digest() for a, h in self._hashers.items()}
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """The CRC32C of ``data`` as an integer: the per-message check of ``ChecksummedData``."""
+    value: int = crt.crc32c(data)
+    return value
+
+
+_COMBINE: dict[Algorithm, Callable[[int, int, int], int]] = {
+    CRC32: crt.combine_crc32,
+    CRC32C: crt.combine_crc32c,
+    CRC64NVME: crt.combine_crc64nvme,
+}
+
+
+def combine(algorithm: Algorithm, first: bytes, second: bytes, second_length: int) -> bytes:
+    """The digest of A followed by B from the digests of A and B and B's length in bytes: what
+    makes a FULL_OBJECT checksum from part checksums, without reading the parts again. Only the
+    CRCs combine (:data:`FULL_OBJECT_CAPABLE`); KeyError for any other algorithm."""
+    combined = _COMBINE[algorithm](
+        int.from_bytes(first, "big"), int.from_bytes(second, "big"), second_length
+    )
+    return combined.to_bytes(algorithm.digest_size, "big")

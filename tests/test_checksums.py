@@ -90,3 +90,17 @@ def test_decode_accepts_the_right_length() -> None:
 def test_decode_rejects_malformed_values(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         checksums.decode(checksums.CRC32, value)
+
+
+@pytest.mark.parametrize("algorithm", sorted(checksums.FULL_OBJECT_CAPABLE, key=lambda a: a.name))
+def test_crcs_of_parts_combine_into_the_crc_of_the_whole(algorithm: checksums.Algorithm) -> None:
+    first, second = os.urandom(1000), os.urandom(777)
+    combined = checksums.combine(
+        algorithm, algorithm.compute(first), algorithm.compute(second), len(second)
+    )
+    assert combined == algorithm.compute(first + second)
+
+
+def test_crc32c_is_the_integer_of_the_crc32c_digest() -> None:
+    data = os.urandom(100)
+    assert checksums.crc32c(data).to_bytes(4, "big") == checksums.CRC32C.compute(data)

@@ -20,8 +20,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from awscrt import checksums as crt
-
 from gateway import checksums
 from gateway.checksums import Algorithm, MultiHasher
 from gateway.errors import (
@@ -309,7 +307,7 @@ class MessageReader:
 def _checked_content(data: Data) -> Chunk:
     content = data.content
     if data.crc32c is not None:
-        computed = crt.crc32c(content)
+        computed = checksums.crc32c(content)
         if computed != data.crc32c:
             raise ChecksumMismatch(
                 "CRC32C",
