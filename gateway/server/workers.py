@@ -20,7 +20,7 @@ the worker had served BACKOFF_RESET_AFTER seconds before dying. Every restart is
 old pid, exit code or signal, delay) and counted. A worker that cannot start (a configuration
 error, the port taken), or dies before it serves, still makes the supervisor stop the others
 (SIGTERM, then SIGKILL after GATEWAY_SHUTDOWN_GRACE + GATEWAY_DRAIN_DELAY + a margin) and exit
-non-zero (EXIT_CONFIG for a configuration error): restarting would fail the same way. Nothing is
+non-zero (2 for a configuration error): restarting would fail the same way. Nothing is
 restarted once the supervisor is stopping.
 
 Signals: the first SIGTERM or SIGINT to the supervisor is forwarded to every worker, which drains;
@@ -61,8 +61,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
-from gateway.cli import EXIT_CONFIG, loop_factory
 from gateway.config import ConfigError, Settings
+from gateway.exits import ExitCode
+from gateway.server.loops import loop_factory
 from gateway.server.metrics import serve_registry
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def supervise(settings: Settings) -> int:
         loop_factory(settings.event_loop)  # refuse a missing uvloop before starting anything
     except ImportError as exc:
         _complain(f"configuration error: {exc}")
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     stack = contextlib.ExitStack()
     try:
         collector = WorkerMetrics(settings.workers)
@@ -644,8 +645,8 @@ async def _serve(settings: Settings, report: Connection) -> int:
     except (ImportError, ConfigError) as exc:
         if ready:
             raise
-        report.send(("failed", EXIT_CONFIG, f"configuration error: {exc}"))
-        return EXIT_CONFIG
+        report.send(("failed", ExitCode.CONFIG, f"configuration error: {exc}"))
+        return ExitCode.CONFIG
     except Exception as exc:
         if ready:
             raise
