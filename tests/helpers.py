@@ -19,11 +19,11 @@ from google.rpc import error_details_pb2, status_pb2
 from gateway.config import Settings
 from gateway.errors import DOMAIN
 from gateway.server.app import Gateway
+from gateway.units import MiB
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-from gateway.units import MiB
 
 
 class GatewayThread:
