@@ -25,6 +25,7 @@ failure, a timeout, missing credentials) into one of these.
 
 from __future__ import annotations
 
+import enum
 import errno
 import re
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,105 @@ from grpc_status import rpc_status
 #: The ErrorInfo domain of every error the gateway returns.
 DOMAIN = "s3-upload-gateway"
 
+
+class Reason(enum.StrEnum):
+    """Every ErrorInfo reason the gateway returns, and nothing else.
+
+    The proto documents each one, as ``ERROR_REASON_<reason>`` of its ``ErrorReason`` enum (a test
+    keeps the two lists equal). A reason names what went wrong; the status code says what to do.
+    """
+
+    # The request itself.
+    INVALID_REQUEST = "INVALID_REQUEST"
+    CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    CONTENT_LENGTH_MISMATCH = "CONTENT_LENGTH_MISMATCH"
+    CONTENT_LENGTH_REQUIRED = "CONTENT_LENGTH_REQUIRED"
+    WRONG_REGION = "WRONG_REGION"
+    # Who calls, and what they may do.
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    TLS_REQUIRED = "TLS_REQUIRED"
+    POLICY_DENIED = "POLICY_DENIED"
+    # The gateway's admission limits.
+    STREAM_LIMIT = "STREAM_LIMIT"
+    PRINCIPAL_STREAM_LIMIT = "PRINCIPAL_STREAM_LIMIT"
+    BUFFER_LIMIT = "BUFFER_LIMIT"
+    IDLE_TIMEOUT = "IDLE_TIMEOUT"
+    PART_TOO_LARGE = "PART_TOO_LARGE"
+    S3_POOL_EXHAUSTED = "S3_POOL_EXHAUSTED"
+    # Reaching S3.
+    S3_UNREACHABLE = "S3_UNREACHABLE"
+    S3_TIMEOUT = "S3_TIMEOUT"
+    S3_STALLED = "S3_STALLED"
+    GATEWAY_CREDENTIALS = "GATEWAY_CREDENTIALS"
+    GATEWAY_ERROR = "GATEWAY_ERROR"
+    #: S3 answered with an error code outside :data:`S3_ERROR_CODES` (``s3ErrorCode`` has it).
+    S3_ERROR = "S3_ERROR"
+    # S3's error codes that :data:`S3_ERROR_CODES` maps, spelled by :func:`reason_for`.
+    NO_SUCH_UPLOAD = "NO_SUCH_UPLOAD"
+    NO_SUCH_BUCKET = "NO_SUCH_BUCKET"
+    NO_SUCH_KEY = "NO_SUCH_KEY"
+    NO_SUCH_VERSION = "NO_SUCH_VERSION"
+    ACCESS_DENIED = "ACCESS_DENIED"
+    ALL_ACCESS_DISABLED = "ALL_ACCESS_DISABLED"
+    ACCOUNT_PROBLEM = "ACCOUNT_PROBLEM"
+    KMS_ACCESS_DENIED_EXCEPTION = "KMS_ACCESS_DENIED_EXCEPTION"
+    KMS_DISABLED_EXCEPTION = "KMS_DISABLED_EXCEPTION"
+    KMS_KMS_INVALID_STATE_EXCEPTION = "KMS_KMS_INVALID_STATE_EXCEPTION"
+    KMS_NOT_FOUND_EXCEPTION = "KMS_NOT_FOUND_EXCEPTION"
+    INVALID_ACCESS_KEY_ID = "INVALID_ACCESS_KEY_ID"
+    SIGNATURE_DOES_NOT_MATCH = "SIGNATURE_DOES_NOT_MATCH"
+    REQUEST_TIME_TOO_SKEWED = "REQUEST_TIME_TOO_SKEWED"
+    EXPIRED_TOKEN = "EXPIRED_TOKEN"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    TOKEN_REFRESH_REQUIRED = "TOKEN_REFRESH_REQUIRED"
+    INVALID_PART_ORDER = "INVALID_PART_ORDER"
+    ENTITY_TOO_SMALL = "ENTITY_TOO_SMALL"
+    ENTITY_TOO_LARGE = "ENTITY_TOO_LARGE"
+    INVALID_DIGEST = "INVALID_DIGEST"
+    BAD_DIGEST = "BAD_DIGEST"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_BUCKET_NAME = "INVALID_BUCKET_NAME"
+    KEY_TOO_LONG_ERROR = "KEY_TOO_LONG_ERROR"
+    METADATA_TOO_LARGE = "METADATA_TOO_LARGE"
+    MALFORMED_XML = "MALFORMED_XML"
+    INVALID_STORAGE_CLASS = "INVALID_STORAGE_CLASS"
+    INVALID_ENCRYPTION_ALGORITHM_ERROR = "INVALID_ENCRYPTION_ALGORITHM_ERROR"
+    INVALID_TAG = "INVALID_TAG"
+    INVALID_RANGE = "INVALID_RANGE"
+    MISSING_CONTENT_LENGTH = "MISSING_CONTENT_LENGTH"
+    INVALID_PART = "INVALID_PART"
+    PRECONDITION_FAILED = "PRECONDITION_FAILED"
+    INVALID_OBJECT_STATE = "INVALID_OBJECT_STATE"
+    CONDITIONAL_REQUEST_CONFLICT = "CONDITIONAL_REQUEST_CONFLICT"
+    OPERATION_ABORTED = "OPERATION_ABORTED"
+    INCOMPLETE_BODY = "INCOMPLETE_BODY"
+    SLOW_DOWN = "SLOW_DOWN"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    THROTTLING = "THROTTLING"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+
+
+#: The reasons of the admission limits (RESOURCE_EXHAUSTED), as metrics label them.
+ADMISSION_REASONS = (
+    Reason.STREAM_LIMIT,
+    Reason.PRINCIPAL_STREAM_LIMIT,
+    Reason.BUFFER_LIMIT,
+    Reason.IDLE_TIMEOUT,
+    Reason.PART_TOO_LARGE,
+    Reason.S3_POOL_EXHAUSTED,
+)
+#: Failures on the way to S3, which the gateway itself names (no S3 error code).
+S3_PATH_REASONS = (
+    Reason.S3_UNREACHABLE,
+    Reason.S3_TIMEOUT,
+    Reason.S3_STALLED,
+    Reason.GATEWAY_CREDENTIALS,
+)
+#: The longest S3 message carried in ErrorInfo metadata (``s3Message``).
+MAX_S3_MESSAGE = 1024
+
 _DEFAULT_RETRY_DELAY = 1.0
 
 
@@ -49,7 +149,7 @@ class GatewayError(Exception):
     def __init__(
         self,
         code: grpc.StatusCode,
-        reason: str,
+        reason: Reason,
         message: str,
         *,
         metadata: Mapping[str, str] | None = None,
@@ -57,6 +157,8 @@ class GatewayError(Exception):
         violations: Iterable[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
+        if code not in REASON_CODES[reason]:
+            raise ValueError(f"{reason} never comes with {code.name}: see REASON_CODES")
         self.code = code
         self.reason = reason
         self.message = message
@@ -92,7 +194,9 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     """The request is malformed; nothing was sent to S3."""
 
-    def __init__(self, field: str, description: str, *, reason: str = "INVALID_REQUEST") -> None:
+    def __init__(
+        self, field: str, description: str, *, reason: Reason = Reason.INVALID_REQUEST
+    ) -> None:
         super().__init__(
             grpc.StatusCode.INVALID_ARGUMENT,
             reason,
@@ -107,7 +211,7 @@ class ChecksumMismatch(GatewayError):
     def __init__(self, algorithm: str, expected: str, computed: str, where: str = "part") -> None:
         super().__init__(
             grpc.StatusCode.INVALID_ARGUMENT,
-            "CHECKSUM_MISMATCH",
+            Reason.CHECKSUM_MISMATCH,
             f"{algorithm} of the {where} is {computed}, the request declared {expected}; "
             "nothing was committed",
             metadata={"algorithm": algorithm, "expected": expected, "computed": computed},
@@ -121,7 +225,7 @@ class LengthMismatch(GatewayError):
         what = f"more than {expected}" if more else f"{received}"
         super().__init__(
             grpc.StatusCode.OUT_OF_RANGE,
-            "CONTENT_LENGTH_MISMATCH",
+            Reason.CONTENT_LENGTH_MISMATCH,
             f"content_length is {expected} but the stream carried {what} bytes; "
             "nothing was committed",
             metadata={"contentLength": str(expected), "received": str(received)},
@@ -131,7 +235,7 @@ class LengthMismatch(GatewayError):
 class Unauthenticated(GatewayError):
     """No valid credentials: a missing, malformed or unknown token, or no client certificate."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(grpc.StatusCode.UNAUTHENTICATED, reason, message)
 
 
@@ -141,7 +245,7 @@ class PermissionDenied(GatewayError):
     def __init__(self, message: str, operation: str) -> None:
         super().__init__(
             grpc.StatusCode.PERMISSION_DENIED,
-            "POLICY_DENIED",
+            Reason.POLICY_DENIED,
             message,
             metadata={"operation": operation},
         )
@@ -152,7 +256,7 @@ class ResourceExhausted(GatewayError):
     stream), where the same request can succeed later."""
 
     def __init__(
-        self, reason: str, message: str, *, limit: int | float, retry_delay: float | None
+        self, reason: Reason, message: str, *, limit: int | float, retry_delay: float | None
     ) -> None:
         super().__init__(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -257,6 +361,39 @@ _HTTP_STATUS_RULES: dict[int, Rule] = {
 }
 
 
+#: The status code of each reason the gateway gives itself.
+_GATEWAY_REASON_CODES: dict[Reason, grpc.StatusCode] = {
+    Reason.INVALID_REQUEST: _C.INVALID_ARGUMENT,
+    Reason.CHECKSUM_MISMATCH: _C.INVALID_ARGUMENT,
+    Reason.CONTENT_LENGTH_MISMATCH: _C.OUT_OF_RANGE,
+    Reason.CONTENT_LENGTH_REQUIRED: _C.INVALID_ARGUMENT,
+    Reason.WRONG_REGION: _C.FAILED_PRECONDITION,
+    Reason.UNAUTHENTICATED: _C.UNAUTHENTICATED,
+    Reason.TLS_REQUIRED: _C.UNAUTHENTICATED,
+    Reason.POLICY_DENIED: _C.PERMISSION_DENIED,
+    **{reason: _C.RESOURCE_EXHAUSTED for reason in ADMISSION_REASONS},
+    Reason.S3_UNREACHABLE: _C.UNAVAILABLE,
+    Reason.S3_TIMEOUT: _C.DEADLINE_EXCEEDED,
+    Reason.S3_STALLED: _C.UNAVAILABLE,
+    Reason.GATEWAY_CREDENTIALS: _C.INTERNAL,
+    Reason.GATEWAY_ERROR: _C.INTERNAL,
+}
+#: Reasons only UploadPart gives; any RPC may give every other one.
+UPLOAD_PART_REASONS = frozenset(
+    {
+        Reason.CHECKSUM_MISMATCH,
+        Reason.CONTENT_LENGTH_MISMATCH,
+        Reason.CONTENT_LENGTH_REQUIRED,
+        Reason.STREAM_LIMIT,
+        Reason.PRINCIPAL_STREAM_LIMIT,
+        Reason.BUFFER_LIMIT,
+        Reason.IDLE_TIMEOUT,
+        Reason.PART_TOO_LARGE,
+        Reason.INCOMPLETE_BODY,
+    }
+)
+
+
 def rule_for(s3_code: str, http_status: int) -> Rule:
     """The rule for an S3 error code, falling back on the HTTP status for unknown codes."""
     rule = S3_ERROR_CODES.get(s3_code) or _HTTP_STATUS_RULES.get(http_status)
@@ -267,12 +404,39 @@ def rule_for(s3_code: str, http_status: int) -> Rule:
     return _PRECONDITION
 
 
-def reason_for(s3_code: str) -> str:
-    """ErrorInfo reason for an S3 code: ``NoSuchUpload`` -> ``NO_SUCH_UPLOAD``."""
+def reason_for(s3_code: str) -> Reason:
+    """ErrorInfo reason for an S3 code: ``NoSuchUpload`` -> ``NO_SUCH_UPLOAD``; S3_ERROR for a
+    code the table does not know."""
+    if s3_code not in S3_ERROR_CODES:
+        return Reason.S3_ERROR
     words = re.findall(r"[A-Z]+\d*(?![a-z])|[A-Z]?[a-z]+\d*|\d+", s3_code)
-    if not words or not s3_code[:1].isalpha():
-        return "S3_ERROR"
-    return "_".join(w.upper() for w in words)
+    return Reason("_".join(w.upper() for w in words))
+
+
+def _reason_codes() -> dict[Reason, frozenset[grpc.StatusCode]]:
+    codes = {reason: {code} for reason, code in _GATEWAY_REASON_CODES.items()}
+    for s3_code, rule in S3_ERROR_CODES.items():
+        codes.setdefault(reason_for(s3_code), set()).add(rule.code)
+    codes[Reason.S3_ERROR] = {r.code for r in _HTTP_STATUS_RULES.values()} | {
+        _TRANSIENT.code,
+        _PRECONDITION.code,
+    }
+    return {reason: frozenset(found) for reason, found in codes.items()}
+
+
+#: Every status code each reason comes with: a GatewayError with any other pair is a bug.
+REASON_CODES = _reason_codes()
+
+
+def codes_of(rpc: str) -> frozenset[grpc.StatusCode]:
+    """The status codes the gateway can answer ``rpc`` with (besides the caller's own
+    CANCELLED): the proto documents exactly these for each RPC."""
+    return frozenset(
+        code
+        for reason, codes in REASON_CODES.items()
+        if rpc == "UploadPart" or reason not in UPLOAD_PART_REASONS
+        for code in codes
+    )
 
 
 def s3_error(
@@ -283,6 +447,8 @@ def s3_error(
     metadata = {"s3ErrorCode": s3_code, "httpStatus": str(http_status), "operation": operation}
     if request_id:
         metadata["s3RequestId"] = request_id
+    if message:
+        metadata["s3Message"] = message[:MAX_S3_MESSAGE]
     text = f"S3 {operation} failed: {s3_code} (HTTP {http_status})"
     if message:
         text += f": {message}"
@@ -321,7 +487,7 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
     if isinstance(exc, boto.ReadTimeoutError | boto.ConnectTimeoutError | TimeoutError):
         return GatewayError(
             _C.DEADLINE_EXCEEDED,
-            "S3_TIMEOUT",
+            Reason.S3_TIMEOUT,
             f"S3 {operation} timed out: {type(exc).__name__}",
             metadata={"operation": operation},
             retry_delay=_DEFAULT_RETRY_DELAY,
@@ -334,7 +500,7 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
             return s3_stalled(operation, "the kernel aborted the connection (TCP_USER_TIMEOUT)")
         return GatewayError(
             _C.UNAVAILABLE,
-            "S3_UNREACHABLE",
+            Reason.S3_UNREACHABLE,
             f"S3 {operation} failed to connect or the connection broke: {type(exc).__name__}",
             metadata={"operation": operation},
             retry_delay=_DEFAULT_RETRY_DELAY,
@@ -344,7 +510,7 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
     ):
         return GatewayError(
             _C.INTERNAL,
-            "GATEWAY_CREDENTIALS",
+            Reason.GATEWAY_CREDENTIALS,
             "the gateway has no usable AWS credentials; the operator must configure them",
             metadata={"operation": operation},
         )
@@ -352,7 +518,7 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
         return InvalidRequest("", f"S3 rejected the parameters: {exc}")
     return GatewayError(
         _C.INTERNAL,
-        "GATEWAY_ERROR",
+        Reason.GATEWAY_ERROR,
         f"S3 {operation} failed inside the gateway: {type(exc).__name__}",
         metadata={"operation": operation},
     )
@@ -362,7 +528,7 @@ def s3_stalled(operation: str, what: str) -> GatewayError:
     """S3 took no byte of a request, or never invited its body, for GATEWAY_S3_STALL_TIMEOUT."""
     return GatewayError(
         _C.UNAVAILABLE,
-        "S3_STALLED",
+        Reason.S3_STALLED,
         f"S3 {operation} made no progress for GATEWAY_S3_STALL_TIMEOUT: {what}; the request "
         "was aborted and nothing was committed",
         metadata={"operation": operation},
@@ -389,14 +555,20 @@ def _rpc_code(code: grpc.StatusCode) -> int:
 
 
 __all__ = [
+    "ADMISSION_REASONS",
     "DOMAIN",
+    "REASON_CODES",
     "S3_ERROR_CODES",
+    "S3_PATH_REASONS",
+    "UPLOAD_PART_REASONS",
     "ChecksumMismatch",
     "GatewayError",
     "InvalidRequest",
     "LengthMismatch",
+    "Reason",
     "Rule",
     "S3Error",
+    "codes_of",
     "from_s3_exception",
     "reason_for",
     "rule_for",

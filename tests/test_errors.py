@@ -120,6 +120,7 @@ def test_unknown_no_such_upload_is_not_found_with_s3_details() -> None:
         "s3RequestId": "REQ123",
         "httpStatus": "404",
         "operation": "UploadPart",
+        "s3Message": "The specified upload does not exist.",
     }
 
 
@@ -143,7 +144,8 @@ def test_unclassified_codes_fall_back_on_http_status(
 ) -> None:
     error = from_s3_exception(client_error("SomethingNew", http_status), "ListParts")
     assert error.code == expected
-    assert error.reason == "SOMETHING_NEW"
+    assert error.reason == "S3_ERROR"
+    assert error.metadata["s3ErrorCode"] == "SomethingNew"
     assert (error.retry_delay is not None) == (expected == C.UNAVAILABLE)
 
 
@@ -194,10 +196,10 @@ def test_retry_info_and_bad_request_details() -> None:
     [
         ("NoSuchUpload", "NO_SUCH_UPLOAD"),
         ("KMS.DisabledException", "KMS_DISABLED_EXCEPTION"),
-        ("SSECustomerKeyMD5Mismatch", "SSE_CUSTOMER_KEY_MD5_MISMATCH"),
+        ("SSECustomerKeyMD5Mismatch", "S3_ERROR"),  # not in the table: s3ErrorCode says it
         ("500", "S3_ERROR"),
         ("", "S3_ERROR"),
     ],
 )
-def test_reason_is_upper_snake_case(code: str, reason: str) -> None:
+def test_reason_is_the_tables_code_in_upper_snake_case(code: str, reason: str) -> None:
     assert errors.reason_for(code) == reason

@@ -34,7 +34,13 @@ from botocore.handlers import VALID_S3_ARN
 
 from gateway import buckets
 from gateway.config import Settings
-from gateway.errors import InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated
+from gateway.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from gateway.security.auth import Authenticator, Principal, TokenFile
 from gateway.security.policy import PolicyFile
 from gateway.server import validate
@@ -74,13 +80,13 @@ class Guard:
         auth_context = context.auth_context()
         if self.require_tls and auth_context.get("transport_security_type") != [b"ssl"]:
             raise Unauthenticated(
-                "TLS_REQUIRED",
+                Reason.TLS_REQUIRED,
                 "this port serves health probes only: call the gateway's TLS port",
             )
         principal = self.authenticator.authenticate(context.invocation_metadata(), auth_context)
         if principal is None:
             raise Unauthenticated(
-                "UNAUTHENTICATED",
+                Reason.UNAUTHENTICATED,
                 "no valid credentials: send 'authorization: Bearer <token>' with a token the "
                 "gateway knows, or connect with a client certificate its CA issued",
             )
@@ -143,13 +149,13 @@ class Guard:
         or raise :class:`ResourceExhausted`."""
         if self._streams >= self.max_streams:
             self._refuse(
-                "STREAM_LIMIT",
+                Reason.STREAM_LIMIT,
                 f"the gateway already relays {self.max_streams} streams (GATEWAY_MAX_STREAMS)",
                 self.max_streams,
             )
         if self._streams_by_caller[caller] >= self.max_streams_per_principal:
             self._refuse(
-                "PRINCIPAL_STREAM_LIMIT",
+                Reason.PRINCIPAL_STREAM_LIMIT,
                 f"this caller already has {self.max_streams_per_principal} streams in flight "
                 "(GATEWAY_MAX_STREAMS_PER_PRINCIPAL)",
                 self.max_streams_per_principal,
@@ -165,7 +171,7 @@ class Guard:
                 if not self._streams_by_caller[caller]:
                     del self._streams_by_caller[caller]
 
-    def _refuse(self, reason: str, message: str, limit: int) -> None:
+    def _refuse(self, reason: Reason, message: str, limit: int) -> None:
         raise ResourceExhausted(
             reason, f"{message}; retry later", limit=limit, retry_delay=CAPACITY_RETRY_DELAY
         )
@@ -184,7 +190,7 @@ class Budget:
         """Hold ``size`` more bytes, or raise :class:`ResourceExhausted`."""
         if self.held + size > self.limit:
             raise ResourceExhausted(
-                "BUFFER_LIMIT",
+                Reason.BUFFER_LIMIT,
                 f"the gateway holds {self.held} of its {self.limit} buffer bytes "
                 "(GATEWAY_MAX_BUFFER_BYTES); retry later",
                 limit=self.limit,

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway import __version__
 from gateway.buckets import is_directory_bucket
-from gateway.errors import S3_ERROR_CODES
+from gateway.errors import ADMISSION_REASONS, S3_ERROR_CODES, S3_PATH_REASONS
 from gateway.units import MiB
 
 #: grpc_code label values, spelled as Go's codes.Code String() spells them.
@@ -45,8 +45,7 @@ GO_CODE_NAMES = {
     grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
 }
 #: Gateway-side failures that get their own s3_error_code label value.
-_GATEWAY_S3_FAILURES = ("S3_UNREACHABLE", "S3_TIMEOUT", "S3_STALLED", "GATEWAY_CREDENTIALS")
-_KNOWN_S3_CODES = frozenset(S3_ERROR_CODES) | frozenset(_GATEWAY_S3_FAILURES)
+_KNOWN_S3_CODES = frozenset(S3_ERROR_CODES) | frozenset(S3_PATH_REASONS)
 
 #: Part sizes from 64 KiB to S3's 5 GiB limit.
 PART_SIZE_BUCKETS = (
@@ -68,15 +67,6 @@ PART_SIZE_BUCKETS = (
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-#: The ``limit`` label of s3gateway_admission_rejections_total.
-ADMISSION_LIMITS = (
-    "STREAM_LIMIT",
-    "PRINCIPAL_STREAM_LIMIT",
-    "BUFFER_LIMIT",
-    "IDLE_TIMEOUT",
-    "PART_TOO_LARGE",
-    "S3_POOL_EXHAUSTED",
-)
 #: The ``pool`` label of s3gateway_s3_connections_in_use: streamed parts and copies, and the
 #: control calls (create, complete, abort, listings), which have connections of their own.
 S3_POOLS = ("data", "control")
@@ -161,7 +151,7 @@ class Metrics:
             "Calls refused or ended RESOURCE_EXHAUSTED, by the limit that was hit.",
             ("limit",), registry=r,
         )  # fmt: skip
-        for limit in ADMISSION_LIMITS:
+        for limit in ADMISSION_REASONS:
             self.admission_rejections.labels(limit)
         self.s3_connections_in_use = Gauge(
             "s3gateway_s3_connections_in_use",

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator
 
-from gateway.errors import ResourceExhausted
+from gateway.errors import Reason, ResourceExhausted
 from gateway.server.metrics import Metrics
 
 #: How long a caller refused a connection should wait before retrying, seconds.
@@ -72,7 +72,7 @@ class ConnectionSlots:
                 granted.cancel()
             if isinstance(exc, TimeoutError):
                 raise ResourceExhausted(
-                    "S3_POOL_EXHAUSTED",
+                    Reason.S3_POOL_EXHAUSTED,
                     f"all {self.size} S3 connections of the {self.name} pool stayed busy for "
                     f"{self.timeout:g} s (GATEWAY_S3_POOL_TIMEOUT); nothing was sent to S3, "
                     "retry later",

@@ -27,6 +27,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     LengthMismatch,
+    Reason,
     ResourceExhausted,
     s3_stalled,
 )
@@ -168,7 +169,7 @@ class IdleTimer:
         except asyncio.CancelledError:
             if self._expired and task.uncancel() <= cancelling:
                 raise ResourceExhausted(
-                    "IDLE_TIMEOUT",
+                    Reason.IDLE_TIMEOUT,
                     f"no message arrived for {self.timeout:g} s (GATEWAY_IDLE_TIMEOUT); the "
                     "stream was ended and nothing was committed",
                     limit=self.timeout,
@@ -470,7 +471,7 @@ async def read_whole_part(
             raise InvalidRequest(
                 "content_length",
                 f"is required for parts larger than {limit} bytes",
-                reason="CONTENT_LENGTH_REQUIRED",
+                reason=Reason.CONTENT_LENGTH_REQUIRED,
             )
         if hold is not None:
             hold(len(chunk))

@@ -23,16 +23,18 @@ from gateway import buckets, checksums, convert, logs
 from gateway.checksums import Algorithm
 from gateway.config import MAX_S3_PART_SIZE, Settings
 from gateway.errors import (
+    ADMISSION_REASONS,
     GatewayError,
     InvalidRequest,
     LengthMismatch,
     PermissionDenied,
+    Reason,
     ResourceExhausted,
 )
 from gateway.security.auth import Principal
 from gateway.security.guard import Guard
 from gateway.server import validate
-from gateway.server.metrics import ADMISSION_LIMITS, Metrics, bucket_type
+from gateway.server.metrics import Metrics, bucket_type
 from gateway.server.relay import (
     ChecksumPlan,
     IdleTimer,
@@ -150,7 +152,7 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
                 log.exception("unexpected failure in %s", handler.__name__)
                 error = GatewayError(
                     grpc.StatusCode.INTERNAL,
-                    "GATEWAY_ERROR",
+                    Reason.GATEWAY_ERROR,
                     "unexpected failure inside the gateway",
                 )
             code = error.code
@@ -180,13 +182,13 @@ class UploadService(pb_grpc.UploadServiceServicer):
 
     def _count_failure(self, error: GatewayError) -> None:
         m = self._metrics
-        if error.reason == "CHECKSUM_MISMATCH":
+        if error.reason == Reason.CHECKSUM_MISMATCH:
             m.checksum_mismatches.labels(error.metadata["algorithm"]).inc()
         elif error.code == grpc.StatusCode.UNAUTHENTICATED:
             m.auth_failures.inc()
         elif isinstance(error, PermissionDenied):
             m.policy_denials.labels(error.metadata["operation"]).inc()
-        elif isinstance(error, ResourceExhausted) and error.reason in ADMISSION_LIMITS:
+        elif isinstance(error, ResourceExhausted) and error.reason in ADMISSION_REASONS:
             m.admission_rejections.labels(error.reason).inc()
 
     def _authorize(self, operation: str, principal: Principal, request: Any) -> None:
@@ -212,7 +214,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         if region is not None and region != self._s3.region:
             raise GatewayError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "WRONG_REGION",
+                Reason.WRONG_REGION,
                 f"directory bucket {bucket} is in {region} (zone {zone}); this gateway serves "
                 f"{self._s3.region}: call a gateway configured for {region}",
                 metadata={"bucketRegion": region, "gatewayRegion": self._s3.region},
@@ -306,7 +308,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             validate.content_length(header.content_length, MAX_S3_PART_SIZE)
             if header.content_length > self._settings.max_part_size:
                 raise ResourceExhausted(
-                    "PART_TOO_LARGE",
+                    Reason.PART_TOO_LARGE,
                     f"content_length {header.content_length} exceeds this gateway's largest part, "
                     f"{self._settings.max_part_size} bytes (GATEWAY_MAX_PART_SIZE): send smaller "
                     "parts",

@@ -8,10 +8,23 @@ as the base64 strings S3 uses (base64 of the big-endian digest); ETags travel ve
 quotes S3 puts around them. Values from S3's own vocabularies (storage classes, encryption modes,
 canned ACLs, request payer) use S3's spelling and are checked by the gateway against S3's list.
 
-Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (reason in
-UPPER_SNAKE_CASE, domain "s3-upload-gateway", metadata such as `s3ErrorCode`, `s3RequestId` and
-`httpStatus`) and a `google.rpc.RetryInfo` when a retry can succeed. Invalid requests also carry a
-`google.rpc.BadRequest` naming the offending field.
+Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (domain
+"s3-upload-gateway", a reason from ErrorReason, metadata such as `s3ErrorCode`, `s3Message`,
+`s3RequestId` and `httpStatus` when S3 answered) and a `google.rpc.RetryInfo` when a retry can
+succeed. Invalid requests also carry a `google.rpc.BadRequest` naming the offending field.
+
+Every RPC can answer: UNAUTHENTICATED (no credential the gateway knows: fix the credential);
+PERMISSION_DENIED (the gateway's policy, reason POLICY_DENIED, or S3 denies it: do not retry);
+INVALID_ARGUMENT (a malformed request, or one S3 rejects: fix it, do not retry it unchanged);
+NOT_FOUND (the bucket, upload or object does not exist); FAILED_PRECONDITION (a condition or the
+state of the upload does not hold, or WRONG_REGION: do not retry unchanged); ABORTED (a
+concurrent write won: re-read and decide); RESOURCE_EXHAUSTED (a gateway limit, e.g.
+S3_POOL_EXHAUSTED: retry after the RetryInfo delay, unless none is given); UNAVAILABLE (S3 is
+throttling, failed transiently or is unreachable: retry with backoff after the RetryInfo delay);
+DEADLINE_EXCEEDED (S3 or the caller's deadline ran out: retry); UNIMPLEMENTED (the store does not
+support the request); INTERNAL (the gateway's own AWS credentials are missing or rejected, an
+operator problem: do not retry). The comment of each RPC says what these mean for it and lists
+any code of its own.
 """
 
 from collections import abc as _abc
@@ -110,6 +123,354 @@ CHECKSUM_TYPE_COMPOSITE: ChecksumType.ValueType  # 1
 CHECKSUM_TYPE_FULL_OBJECT: ChecksumType.ValueType  # 2
 """A checksum of the whole object's bytes (CRC algorithms only)."""
 Global___ChecksumType: _TypeAlias = ChecksumType  # noqa: Y015
+
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Not a reason the gateway sends."""
+    ERROR_REASON_INVALID_REQUEST: _ErrorReason.ValueType  # 1
+    """The request is malformed: a required field is missing, a value breaks S3's or the gateway's
+    rules, or messages come out of order. A BadRequest detail names the field. Also S3's own
+    InvalidRequest. Fix the request; do not retry it unchanged.
+    """
+    ERROR_REASON_CHECKSUM_MISMATCH: _ErrorReason.ValueType  # 2
+    """The bytes received do not match a checksum the caller declared (metadata: algorithm, expected,
+    computed). Nothing was committed. Re-read the data and send the part again.
+    """
+    ERROR_REASON_CONTENT_LENGTH_MISMATCH: _ErrorReason.ValueType  # 3
+    """The stream carried more or fewer bytes than `content_length` (metadata: contentLength,
+    received). Nothing was committed.
+    """
+    ERROR_REASON_CONTENT_LENGTH_REQUIRED: _ErrorReason.ValueType  # 4
+    """A part larger than the gateway buffers without `content_length` was sent without it. Send
+    `content_length`.
+    """
+    ERROR_REASON_WRONG_REGION: _ErrorReason.ValueType  # 5
+    """A directory bucket lives in another region than the one this gateway serves (metadata:
+    bucketRegion, gatewayRegion). Call a gateway of that region.
+    """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 6
+    """The call carries no credential the gateway knows: no, a malformed or an unknown bearer token, or
+    no client certificate. Never retried by the gateway.
+    """
+    ERROR_REASON_TLS_REQUIRED: _ErrorReason.ValueType  # 7
+    """The call arrived on the plaintext health port of a TLS gateway. Call the TLS port."""
+    ERROR_REASON_POLICY_DENIED: _ErrorReason.ValueType  # 8
+    """The authorization policy does not allow this call for this principal (metadata: operation);
+    nothing was sent to S3.
+    """
+    ERROR_REASON_STREAM_LIMIT: _ErrorReason.ValueType  # 9
+    """The gateway already relays GATEWAY_MAX_STREAMS streams (metadata: limit). Retry after the
+    RetryInfo delay.
+    """
+    ERROR_REASON_PRINCIPAL_STREAM_LIMIT: _ErrorReason.ValueType  # 10
+    """This caller already has GATEWAY_MAX_STREAMS_PER_PRINCIPAL streams in flight (per connection for
+    unauthenticated callers). Retry after the RetryInfo delay.
+    """
+    ERROR_REASON_BUFFER_LIMIT: _ErrorReason.ValueType  # 11
+    """The gateway's buffer budget (GATEWAY_MAX_BUFFER_BYTES) is spent. Retry after the RetryInfo
+    delay.
+    """
+    ERROR_REASON_IDLE_TIMEOUT: _ErrorReason.ValueType  # 12
+    """No message arrived on the stream for GATEWAY_IDLE_TIMEOUT seconds; the stream was ended and
+    nothing was committed.
+    """
+    ERROR_REASON_PART_TOO_LARGE: _ErrorReason.ValueType  # 13
+    """The part's `content_length` exceeds GATEWAY_MAX_PART_SIZE. The same part can never fit: send
+    smaller parts.
+    """
+    ERROR_REASON_S3_POOL_EXHAUSTED: _ErrorReason.ValueType  # 14
+    """No connection to S3 freed up within GATEWAY_S3_POOL_TIMEOUT; nothing was sent to S3. Retry after
+    the RetryInfo delay.
+    """
+    ERROR_REASON_S3_UNREACHABLE: _ErrorReason.ValueType  # 15
+    """The connection to S3 failed or broke. Retry after the RetryInfo delay."""
+    ERROR_REASON_S3_TIMEOUT: _ErrorReason.ValueType  # 16
+    """S3 did not answer within GATEWAY_S3_READ_TIMEOUT, or could not be connected to within
+    GATEWAY_S3_CONNECT_TIMEOUT. Retry.
+    """
+    ERROR_REASON_S3_STALLED: _ErrorReason.ValueType  # 17
+    """S3 took no byte of the request, or did not invite its body (100 Continue), for
+    GATEWAY_S3_STALL_TIMEOUT; the request was aborted and nothing was committed. Retry after the
+    RetryInfo delay.
+    """
+    ERROR_REASON_GATEWAY_CREDENTIALS: _ErrorReason.ValueType  # 18
+    """The gateway has no usable AWS credentials. An operator problem: do not retry."""
+    ERROR_REASON_GATEWAY_ERROR: _ErrorReason.ValueType  # 19
+    """An unexpected failure inside the gateway. Report it."""
+    ERROR_REASON_S3_ERROR: _ErrorReason.ValueType  # 20
+    """S3 answered with an error code the gateway's table does not know (metadata s3ErrorCode,
+    httpStatus and s3Message say what S3 said); the status code follows the HTTP status.
+    """
+    ERROR_REASON_NO_SUCH_UPLOAD: _ErrorReason.ValueType  # 21
+    """S3 NoSuchUpload: the upload id is unknown (aborted, completed, or never created)."""
+    ERROR_REASON_NO_SUCH_BUCKET: _ErrorReason.ValueType  # 22
+    """S3 NoSuchBucket: the bucket does not exist."""
+    ERROR_REASON_NO_SUCH_KEY: _ErrorReason.ValueType  # 23
+    """S3 NoSuchKey: the object does not exist (a copy source, or a store that says so for an unknown
+    upload).
+    """
+    ERROR_REASON_NO_SUCH_VERSION: _ErrorReason.ValueType  # 24
+    """S3 NoSuchVersion: the object version does not exist."""
+    ERROR_REASON_ACCESS_DENIED: _ErrorReason.ValueType  # 25
+    """S3 AccessDenied: S3 does not let the gateway's credentials do this."""
+    ERROR_REASON_ALL_ACCESS_DISABLED: _ErrorReason.ValueType  # 26
+    """S3 AllAccessDisabled: all access to the bucket or object is disabled."""
+    ERROR_REASON_ACCOUNT_PROBLEM: _ErrorReason.ValueType  # 27
+    """S3 AccountProblem: the AWS account of the gateway's credentials has a problem."""
+    ERROR_REASON_KMS_ACCESS_DENIED_EXCEPTION: _ErrorReason.ValueType  # 28
+    """S3 KMS.AccessDeniedException: the KMS key may not be used."""
+    ERROR_REASON_KMS_DISABLED_EXCEPTION: _ErrorReason.ValueType  # 29
+    """S3 KMS.DisabledException: the KMS key is disabled."""
+    ERROR_REASON_KMS_KMS_INVALID_STATE_EXCEPTION: _ErrorReason.ValueType  # 30
+    """S3 KMS.KMSInvalidStateException: the KMS key is not in a usable state."""
+    ERROR_REASON_KMS_NOT_FOUND_EXCEPTION: _ErrorReason.ValueType  # 31
+    """S3 KMS.NotFoundException: the KMS key does not exist."""
+    ERROR_REASON_INVALID_ACCESS_KEY_ID: _ErrorReason.ValueType  # 32
+    """S3 InvalidAccessKeyId: the gateway's access key is unknown. An operator problem."""
+    ERROR_REASON_SIGNATURE_DOES_NOT_MATCH: _ErrorReason.ValueType  # 33
+    """S3 SignatureDoesNotMatch: the gateway's secret key is wrong. An operator problem."""
+    ERROR_REASON_REQUEST_TIME_TOO_SKEWED: _ErrorReason.ValueType  # 34
+    """S3 RequestTimeTooSkewed: the gateway's clock is off. An operator problem."""
+    ERROR_REASON_EXPIRED_TOKEN: _ErrorReason.ValueType  # 35
+    """S3 ExpiredToken: the gateway's session credentials expired. An operator problem."""
+    ERROR_REASON_INVALID_TOKEN: _ErrorReason.ValueType  # 36
+    """S3 InvalidToken: the gateway's session token is malformed. An operator problem."""
+    ERROR_REASON_TOKEN_REFRESH_REQUIRED: _ErrorReason.ValueType  # 37
+    """S3 TokenRefreshRequired: the gateway's session token must be refreshed. An operator problem."""
+    ERROR_REASON_INVALID_PART_ORDER: _ErrorReason.ValueType  # 38
+    """S3 InvalidPartOrder: the parts of a CompleteMultipartUpload are not in ascending order."""
+    ERROR_REASON_ENTITY_TOO_SMALL: _ErrorReason.ValueType  # 39
+    """S3 EntityTooSmall: a part other than the last is smaller than 5 MiB."""
+    ERROR_REASON_ENTITY_TOO_LARGE: _ErrorReason.ValueType  # 40
+    """S3 EntityTooLarge: the part or object is larger than S3 allows."""
+    ERROR_REASON_INVALID_DIGEST: _ErrorReason.ValueType  # 41
+    """S3 InvalidDigest: a Content-MD5 is not valid."""
+    ERROR_REASON_BAD_DIGEST: _ErrorReason.ValueType  # 42
+    """S3 BadDigest: the bytes do not match the Content-MD5 or checksum S3 was given."""
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 43
+    """S3 InvalidArgument: S3 rejected a value of the request."""
+    ERROR_REASON_INVALID_BUCKET_NAME: _ErrorReason.ValueType  # 44
+    """S3 InvalidBucketName: S3 rejected the bucket name."""
+    ERROR_REASON_KEY_TOO_LONG_ERROR: _ErrorReason.ValueType  # 45
+    """S3 KeyTooLongError: the key is too long."""
+    ERROR_REASON_METADATA_TOO_LARGE: _ErrorReason.ValueType  # 46
+    """S3 MetadataTooLarge: the user metadata is larger than 2 KB."""
+    ERROR_REASON_MALFORMED_XML: _ErrorReason.ValueType  # 47
+    """S3 MalformedXML: S3 could not read the request body."""
+    ERROR_REASON_INVALID_STORAGE_CLASS: _ErrorReason.ValueType  # 48
+    """S3 InvalidStorageClass: the storage class is not valid for the bucket."""
+    ERROR_REASON_INVALID_ENCRYPTION_ALGORITHM_ERROR: _ErrorReason.ValueType  # 49
+    """S3 InvalidEncryptionAlgorithmError: the encryption algorithm is not valid."""
+    ERROR_REASON_INVALID_TAG: _ErrorReason.ValueType  # 50
+    """S3 InvalidTag: the tagging is not valid."""
+    ERROR_REASON_INVALID_RANGE: _ErrorReason.ValueType  # 51
+    """S3 InvalidRange: the copy source range is not satisfiable."""
+    ERROR_REASON_MISSING_CONTENT_LENGTH: _ErrorReason.ValueType  # 52
+    """S3 MissingContentLength: the store needs a Content-Length it did not get."""
+    ERROR_REASON_INVALID_PART: _ErrorReason.ValueType  # 53
+    """S3 InvalidPart: a listed part was not uploaded or its ETag does not match."""
+    ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 54
+    """S3 PreconditionFailed: an `if_match` / `if_none_match` condition does not hold."""
+    ERROR_REASON_INVALID_OBJECT_STATE: _ErrorReason.ValueType  # 55
+    """S3 InvalidObjectState: the object's state (e.g. archived) does not allow the request."""
+    ERROR_REASON_CONDITIONAL_REQUEST_CONFLICT: _ErrorReason.ValueType  # 56
+    """S3 ConditionalRequestConflict: a concurrent conditional write won. Re-read and decide."""
+    ERROR_REASON_OPERATION_ABORTED: _ErrorReason.ValueType  # 57
+    """S3 OperationAborted: a conflicting operation is in progress. Retry later."""
+    ERROR_REASON_INCOMPLETE_BODY: _ErrorReason.ValueType  # 58
+    """S3 IncompleteBody: S3 received fewer bytes than announced."""
+    ERROR_REASON_SLOW_DOWN: _ErrorReason.ValueType  # 59
+    """S3 SlowDown: S3 is throttling. Retry after the RetryInfo delay, with backoff."""
+    ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 60
+    """S3 ServiceUnavailable. Retry after the RetryInfo delay, with backoff."""
+    ERROR_REASON_INTERNAL_ERROR: _ErrorReason.ValueType  # 61
+    """S3 InternalError. Retry after the RetryInfo delay."""
+    ERROR_REASON_REQUEST_TIMEOUT: _ErrorReason.ValueType  # 62
+    """S3 RequestTimeout: S3 waited too long for the request's bytes. Retry."""
+    ERROR_REASON_THROTTLING: _ErrorReason.ValueType  # 63
+    """S3 Throttling. Retry after the RetryInfo delay, with backoff."""
+    ERROR_REASON_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 64
+    """S3 NotImplemented: the store does not support something the request uses."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """ErrorReason documents every `google.rpc.ErrorInfo.reason` the gateway returns. The reason string
+    is the value's name without the `ERROR_REASON_` prefix (ERROR_REASON_NO_SUCH_UPLOAD is the reason
+    "NO_SUCH_UPLOAD"); the enum is never sent itself, it names the reasons for generated code. A
+    reason says what went wrong; the status code says what to do about it.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Not a reason the gateway sends."""
+ERROR_REASON_INVALID_REQUEST: ErrorReason.ValueType  # 1
+"""The request is malformed: a required field is missing, a value breaks S3's or the gateway's
+rules, or messages come out of order. A BadRequest detail names the field. Also S3's own
+InvalidRequest. Fix the request; do not retry it unchanged.
+"""
+ERROR_REASON_CHECKSUM_MISMATCH: ErrorReason.ValueType  # 2
+"""The bytes received do not match a checksum the caller declared (metadata: algorithm, expected,
+computed). Nothing was committed. Re-read the data and send the part again.
+"""
+ERROR_REASON_CONTENT_LENGTH_MISMATCH: ErrorReason.ValueType  # 3
+"""The stream carried more or fewer bytes than `content_length` (metadata: contentLength,
+received). Nothing was committed.
+"""
+ERROR_REASON_CONTENT_LENGTH_REQUIRED: ErrorReason.ValueType  # 4
+"""A part larger than the gateway buffers without `content_length` was sent without it. Send
+`content_length`.
+"""
+ERROR_REASON_WRONG_REGION: ErrorReason.ValueType  # 5
+"""A directory bucket lives in another region than the one this gateway serves (metadata:
+bucketRegion, gatewayRegion). Call a gateway of that region.
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 6
+"""The call carries no credential the gateway knows: no, a malformed or an unknown bearer token, or
+no client certificate. Never retried by the gateway.
+"""
+ERROR_REASON_TLS_REQUIRED: ErrorReason.ValueType  # 7
+"""The call arrived on the plaintext health port of a TLS gateway. Call the TLS port."""
+ERROR_REASON_POLICY_DENIED: ErrorReason.ValueType  # 8
+"""The authorization policy does not allow this call for this principal (metadata: operation);
+nothing was sent to S3.
+"""
+ERROR_REASON_STREAM_LIMIT: ErrorReason.ValueType  # 9
+"""The gateway already relays GATEWAY_MAX_STREAMS streams (metadata: limit). Retry after the
+RetryInfo delay.
+"""
+ERROR_REASON_PRINCIPAL_STREAM_LIMIT: ErrorReason.ValueType  # 10
+"""This caller already has GATEWAY_MAX_STREAMS_PER_PRINCIPAL streams in flight (per connection for
+unauthenticated callers). Retry after the RetryInfo delay.
+"""
+ERROR_REASON_BUFFER_LIMIT: ErrorReason.ValueType  # 11
+"""The gateway's buffer budget (GATEWAY_MAX_BUFFER_BYTES) is spent. Retry after the RetryInfo
+delay.
+"""
+ERROR_REASON_IDLE_TIMEOUT: ErrorReason.ValueType  # 12
+"""No message arrived on the stream for GATEWAY_IDLE_TIMEOUT seconds; the stream was ended and
+nothing was committed.
+"""
+ERROR_REASON_PART_TOO_LARGE: ErrorReason.ValueType  # 13
+"""The part's `content_length` exceeds GATEWAY_MAX_PART_SIZE. The same part can never fit: send
+smaller parts.
+"""
+ERROR_REASON_S3_POOL_EXHAUSTED: ErrorReason.ValueType  # 14
+"""No connection to S3 freed up within GATEWAY_S3_POOL_TIMEOUT; nothing was sent to S3. Retry after
+the RetryInfo delay.
+"""
+ERROR_REASON_S3_UNREACHABLE: ErrorReason.ValueType  # 15
+"""The connection to S3 failed or broke. Retry after the RetryInfo delay."""
+ERROR_REASON_S3_TIMEOUT: ErrorReason.ValueType  # 16
+"""S3 did not answer within GATEWAY_S3_READ_TIMEOUT, or could not be connected to within
+GATEWAY_S3_CONNECT_TIMEOUT. Retry.
+"""
+ERROR_REASON_S3_STALLED: ErrorReason.ValueType  # 17
+"""S3 took no byte of the request, or did not invite its body (100 Continue), for
+GATEWAY_S3_STALL_TIMEOUT; the request was aborted and nothing was committed. Retry after the
+RetryInfo delay.
+"""
+ERROR_REASON_GATEWAY_CREDENTIALS: ErrorReason.ValueType  # 18
+"""The gateway has no usable AWS credentials. An operator problem: do not retry."""
+ERROR_REASON_GATEWAY_ERROR: ErrorReason.ValueType  # 19
+"""An unexpected failure inside the gateway. Report it."""
+ERROR_REASON_S3_ERROR: ErrorReason.ValueType  # 20
+"""S3 answered with an error code the gateway's table does not know (metadata s3ErrorCode,
+httpStatus and s3Message say what S3 said); the status code follows the HTTP status.
+"""
+ERROR_REASON_NO_SUCH_UPLOAD: ErrorReason.ValueType  # 21
+"""S3 NoSuchUpload: the upload id is unknown (aborted, completed, or never created)."""
+ERROR_REASON_NO_SUCH_BUCKET: ErrorReason.ValueType  # 22
+"""S3 NoSuchBucket: the bucket does not exist."""
+ERROR_REASON_NO_SUCH_KEY: ErrorReason.ValueType  # 23
+"""S3 NoSuchKey: the object does not exist (a copy source, or a store that says so for an unknown
+upload).
+"""
+ERROR_REASON_NO_SUCH_VERSION: ErrorReason.ValueType  # 24
+"""S3 NoSuchVersion: the object version does not exist."""
+ERROR_REASON_ACCESS_DENIED: ErrorReason.ValueType  # 25
+"""S3 AccessDenied: S3 does not let the gateway's credentials do this."""
+ERROR_REASON_ALL_ACCESS_DISABLED: ErrorReason.ValueType  # 26
+"""S3 AllAccessDisabled: all access to the bucket or object is disabled."""
+ERROR_REASON_ACCOUNT_PROBLEM: ErrorReason.ValueType  # 27
+"""S3 AccountProblem: the AWS account of the gateway's credentials has a problem."""
+ERROR_REASON_KMS_ACCESS_DENIED_EXCEPTION: ErrorReason.ValueType  # 28
+"""S3 KMS.AccessDeniedException: the KMS key may not be used."""
+ERROR_REASON_KMS_DISABLED_EXCEPTION: ErrorReason.ValueType  # 29
+"""S3 KMS.DisabledException: the KMS key is disabled."""
+ERROR_REASON_KMS_KMS_INVALID_STATE_EXCEPTION: ErrorReason.ValueType  # 30
+"""S3 KMS.KMSInvalidStateException: the KMS key is not in a usable state."""
+ERROR_REASON_KMS_NOT_FOUND_EXCEPTION: ErrorReason.ValueType  # 31
+"""S3 KMS.NotFoundException: the KMS key does not exist."""
+ERROR_REASON_INVALID_ACCESS_KEY_ID: ErrorReason.ValueType  # 32
+"""S3 InvalidAccessKeyId: the gateway's access key is unknown. An operator problem."""
+ERROR_REASON_SIGNATURE_DOES_NOT_MATCH: ErrorReason.ValueType  # 33
+"""S3 SignatureDoesNotMatch: the gateway's secret key is wrong. An operator problem."""
+ERROR_REASON_REQUEST_TIME_TOO_SKEWED: ErrorReason.ValueType  # 34
+"""S3 RequestTimeTooSkewed: the gateway's clock is off. An operator problem."""
+ERROR_REASON_EXPIRED_TOKEN: ErrorReason.ValueType  # 35
+"""S3 ExpiredToken: the gateway's session credentials expired. An operator problem."""
+ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 36
+"""S3 InvalidToken: the gateway's session token is malformed. An operator problem."""
+ERROR_REASON_TOKEN_REFRESH_REQUIRED: ErrorReason.ValueType  # 37
+"""S3 TokenRefreshRequired: the gateway's session token must be refreshed. An operator problem."""
+ERROR_REASON_INVALID_PART_ORDER: ErrorReason.ValueType  # 38
+"""S3 InvalidPartOrder: the parts of a CompleteMultipartUpload are not in ascending order."""
+ERROR_REASON_ENTITY_TOO_SMALL: ErrorReason.ValueType  # 39
+"""S3 EntityTooSmall: a part other than the last is smaller than 5 MiB."""
+ERROR_REASON_ENTITY_TOO_LARGE: ErrorReason.ValueType  # 40
+"""S3 EntityTooLarge: the part or object is larger than S3 allows."""
+ERROR_REASON_INVALID_DIGEST: ErrorReason.ValueType  # 41
+"""S3 InvalidDigest: a Content-MD5 is not valid."""
+ERROR_REASON_BAD_DIGEST: ErrorReason.ValueType  # 42
+"""S3 BadDigest: the bytes do not match the Content-MD5 or checksum S3 was given."""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 43
+"""S3 InvalidArgument: S3 rejected a value of the request."""
+ERROR_REASON_INVALID_BUCKET_NAME: ErrorReason.ValueType  # 44
+"""S3 InvalidBucketName: S3 rejected the bucket name."""
+ERROR_REASON_KEY_TOO_LONG_ERROR: ErrorReason.ValueType  # 45
+"""S3 KeyTooLongError: the key is too long."""
+ERROR_REASON_METADATA_TOO_LARGE: ErrorReason.ValueType  # 46
+"""S3 MetadataTooLarge: the user metadata is larger than 2 KB."""
+ERROR_REASON_MALFORMED_XML: ErrorReason.ValueType  # 47
+"""S3 MalformedXML: S3 could not read the request body."""
+ERROR_REASON_INVALID_STORAGE_CLASS: ErrorReason.ValueType  # 48
+"""S3 InvalidStorageClass: the storage class is not valid for the bucket."""
+ERROR_REASON_INVALID_ENCRYPTION_ALGORITHM_ERROR: ErrorReason.ValueType  # 49
+"""S3 InvalidEncryptionAlgorithmError: the encryption algorithm is not valid."""
+ERROR_REASON_INVALID_TAG: ErrorReason.ValueType  # 50
+"""S3 InvalidTag: the tagging is not valid."""
+ERROR_REASON_INVALID_RANGE: ErrorReason.ValueType  # 51
+"""S3 InvalidRange: the copy source range is not satisfiable."""
+ERROR_REASON_MISSING_CONTENT_LENGTH: ErrorReason.ValueType  # 52
+"""S3 MissingContentLength: the store needs a Content-Length it did not get."""
+ERROR_REASON_INVALID_PART: ErrorReason.ValueType  # 53
+"""S3 InvalidPart: a listed part was not uploaded or its ETag does not match."""
+ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 54
+"""S3 PreconditionFailed: an `if_match` / `if_none_match` condition does not hold."""
+ERROR_REASON_INVALID_OBJECT_STATE: ErrorReason.ValueType  # 55
+"""S3 InvalidObjectState: the object's state (e.g. archived) does not allow the request."""
+ERROR_REASON_CONDITIONAL_REQUEST_CONFLICT: ErrorReason.ValueType  # 56
+"""S3 ConditionalRequestConflict: a concurrent conditional write won. Re-read and decide."""
+ERROR_REASON_OPERATION_ABORTED: ErrorReason.ValueType  # 57
+"""S3 OperationAborted: a conflicting operation is in progress. Retry later."""
+ERROR_REASON_INCOMPLETE_BODY: ErrorReason.ValueType  # 58
+"""S3 IncompleteBody: S3 received fewer bytes than announced."""
+ERROR_REASON_SLOW_DOWN: ErrorReason.ValueType  # 59
+"""S3 SlowDown: S3 is throttling. Retry after the RetryInfo delay, with backoff."""
+ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 60
+"""S3 ServiceUnavailable. Retry after the RetryInfo delay, with backoff."""
+ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 61
+"""S3 InternalError. Retry after the RetryInfo delay."""
+ERROR_REASON_REQUEST_TIMEOUT: ErrorReason.ValueType  # 62
+"""S3 RequestTimeout: S3 waited too long for the request's bytes. Retry."""
+ERROR_REASON_THROTTLING: ErrorReason.ValueType  # 63
+"""S3 Throttling. Retry after the RetryInfo delay, with backoff."""
+ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 64
+"""S3 NotImplemented: the store does not support something the request uses."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
 class UploadPartRequest(_message.Message):

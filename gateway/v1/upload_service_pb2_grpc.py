@@ -81,11 +81,10 @@ class UploadServiceServicer:
     def CreateMultipartUpload(self, request, context):
         """Starts a multipart upload and returns its upload id (S3 CreateMultipartUpload).
 
-        Status codes: INVALID_ARGUMENT for a malformed request or one S3 rejects as invalid (do not
-        retry unchanged); NOT_FOUND when the bucket does not exist; PERMISSION_DENIED when S3 denies
-        access; UNAVAILABLE (with RetryInfo) when S3 is throttling or unreachable (retry with backoff);
-        DEADLINE_EXCEEDED when S3 did not answer in time (retry); INTERNAL when the gateway's own AWS
-        credentials are rejected (an operator problem; do not retry).
+        Status codes: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (the bucket does
+        not exist), FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED
+        (retrying creates another upload: abort the one you do not use), UNIMPLEMENTED and INTERNAL,
+        as described for the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,14 +100,15 @@ class UploadServiceServicer:
         committed, and an earlier good upload of the same part number stays in place.
 
         Status codes: INVALID_ARGUMENT for a malformed stream or header, and for a checksum mismatch
-        (ErrorInfo reason CHECKSUM_MISMATCH; re-read the data and re-send the part); OUT_OF_RANGE when
-        the stream carries fewer or more bytes than `content_length` (fix the client; nothing was
-        committed); NOT_FOUND when the upload id, bucket or key is unknown (do not retry; start a new
-        upload); PERMISSION_DENIED when S3 denies access; UNAVAILABLE (with RetryInfo) when S3 is
-        throttling or failed transiently (re-send the whole part: re-uploading a part number is
-        idempotent); DEADLINE_EXCEEDED when S3 or the caller's deadline ran out (re-send the part);
-        CANCELLED when the caller cancelled; INTERNAL when the gateway's own AWS credentials are
-        rejected (an operator problem; do not retry).
+        (reason CHECKSUM_MISMATCH: re-read the data and re-send the part); OUT_OF_RANGE when the stream
+        carries fewer or more bytes than `content_length` (nothing was committed: fix the client);
+        RESOURCE_EXHAUSTED for the gateway's stream, buffer, idle and part-size limits (retry after the
+        RetryInfo delay; PART_TOO_LARGE has none: send smaller parts); NOT_FOUND when the upload id,
+        bucket or key is unknown (start a new upload); UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed
+        transiently, stalled or ran out of time, or the caller's deadline passed (re-send the whole
+        part: re-uploading a part number is idempotent); CANCELLED when the caller cancelled; and
+        UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED and INTERNAL as
+        described for the service. Nothing is committed unless the call succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,9 +117,11 @@ class UploadServiceServicer:
     def UploadPartCopy(self, request, context):
         """Uploads a part by copying a byte range of an existing object (S3 UploadPartCopy).
 
-        Status codes: as CreateMultipartUpload, plus NOT_FOUND when the upload or the source object
-        does not exist, and FAILED_PRECONDITION when a copy-source condition does not hold (do not
-        retry unchanged).
+        Status codes: NOT_FOUND when the upload or the source object does not exist;
+        FAILED_PRECONDITION when a copy-source condition does not hold (do not retry unchanged); and
+        UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE,
+        DEADLINE_EXCEEDED (retry: copying a part number again is idempotent), UNIMPLEMENTED and INTERNAL
+        as described for the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,9 +134,9 @@ class UploadServiceServicer:
         the last (EntityTooSmall) or a bad checksum (do not retry unchanged); FAILED_PRECONDITION when
         a listed part or its ETag does not match what was uploaded (InvalidPart), or when `if_match` /
         `if_none_match` does not hold; ABORTED when a concurrent conditional write won (re-read and
-        decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE (with RetryInfo) and
-        DEADLINE_EXCEEDED for transient failures (retry: completing twice is safe);
-        PERMISSION_DENIED and INTERNAL as for CreateMultipartUpload.
+        decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE and DEADLINE_EXCEEDED for
+        transient failures (retry: completing twice is safe); and UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,9 +145,10 @@ class UploadServiceServicer:
     def AbortMultipartUpload(self, request, context):
         """Aborts a multipart upload and frees the storage of its parts (S3 AbortMultipartUpload).
 
-        Status codes: NOT_FOUND when the upload does not exist (already aborted or completed);
-        PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and INTERNAL as
-        for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the upload does not exist (already aborted or completed: the
+        upload is gone either way); UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and
+        UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION, ABORTED,
+        RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,9 +157,10 @@ class UploadServiceServicer:
     def ListParts(self, request, context):
         """Lists the parts uploaded so far, one page at a time (S3 ListParts).
 
-        Status codes: NOT_FOUND when the upload does not exist; INVALID_ARGUMENT for a malformed
-        request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-        INTERNAL as for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the upload does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+        (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+        FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+        the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,9 +170,10 @@ class UploadServiceServicer:
         """Lists the multipart uploads in progress in a bucket, one page at a time
         (S3 ListMultipartUploads).
 
-        Status codes: NOT_FOUND when the bucket does not exist; INVALID_ARGUMENT for a malformed
-        request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-        INTERNAL as for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the bucket does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+        (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+        FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+        the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,10 +8,23 @@ as the base64 strings S3 uses (base64 of the big-endian digest); ETags travel ve
 quotes S3 puts around them. Values from S3's own vocabularies (storage classes, encryption modes,
 canned ACLs, request payer) use S3's spelling and are checked by the gateway against S3's list.
 
-Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (reason in
-UPPER_SNAKE_CASE, domain "s3-upload-gateway", metadata such as `s3ErrorCode`, `s3RequestId` and
-`httpStatus`) and a `google.rpc.RetryInfo` when a retry can succeed. Invalid requests also carry a
-`google.rpc.BadRequest` naming the offending field.
+Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (domain
+"s3-upload-gateway", a reason from ErrorReason, metadata such as `s3ErrorCode`, `s3Message`,
+`s3RequestId` and `httpStatus` when S3 answered) and a `google.rpc.RetryInfo` when a retry can
+succeed. Invalid requests also carry a `google.rpc.BadRequest` naming the offending field.
+
+Every RPC can answer: UNAUTHENTICATED (no credential the gateway knows: fix the credential);
+PERMISSION_DENIED (the gateway's policy, reason POLICY_DENIED, or S3 denies it: do not retry);
+INVALID_ARGUMENT (a malformed request, or one S3 rejects: fix it, do not retry it unchanged);
+NOT_FOUND (the bucket, upload or object does not exist); FAILED_PRECONDITION (a condition or the
+state of the upload does not hold, or WRONG_REGION: do not retry unchanged); ABORTED (a
+concurrent write won: re-read and decide); RESOURCE_EXHAUSTED (a gateway limit, e.g.
+S3_POOL_EXHAUSTED: retry after the RetryInfo delay, unless none is given); UNAVAILABLE (S3 is
+throttling, failed transiently or is unreachable: retry with backoff after the RetryInfo delay);
+DEADLINE_EXCEEDED (S3 or the caller's deadline ran out: retry); UNIMPLEMENTED (the store does not
+support the request); INTERNAL (the gateway's own AWS credentials are missing or rejected, an
+operator problem: do not retry). The comment of each RPC says what these mean for it and lists
+any code of its own.
 """
 
 from collections import abc as _abc
@@ -49,11 +62,10 @@ class UploadServiceStub:
     CreateMultipartUpload: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.CreateMultipartUploadRequest, _upload_service_pb2.CreateMultipartUploadResponse]
     """Starts a multipart upload and returns its upload id (S3 CreateMultipartUpload).
 
-    Status codes: INVALID_ARGUMENT for a malformed request or one S3 rejects as invalid (do not
-    retry unchanged); NOT_FOUND when the bucket does not exist; PERMISSION_DENIED when S3 denies
-    access; UNAVAILABLE (with RetryInfo) when S3 is throttling or unreachable (retry with backoff);
-    DEADLINE_EXCEEDED when S3 did not answer in time (retry); INTERNAL when the gateway's own AWS
-    credentials are rejected (an operator problem; do not retry).
+    Status codes: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (the bucket does
+    not exist), FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED
+    (retrying creates another upload: abort the one you do not use), UNIMPLEMENTED and INTERNAL,
+    as described for the service.
     """
     UploadPart: _grpc.StreamUnaryMultiCallable[_upload_service_pb2.UploadPartRequest, _upload_service_pb2.UploadPartResponse]
     """Uploads one part by streaming its bytes (S3 UploadPart).
@@ -65,21 +77,24 @@ class UploadServiceStub:
     committed, and an earlier good upload of the same part number stays in place.
 
     Status codes: INVALID_ARGUMENT for a malformed stream or header, and for a checksum mismatch
-    (ErrorInfo reason CHECKSUM_MISMATCH; re-read the data and re-send the part); OUT_OF_RANGE when
-    the stream carries fewer or more bytes than `content_length` (fix the client; nothing was
-    committed); NOT_FOUND when the upload id, bucket or key is unknown (do not retry; start a new
-    upload); PERMISSION_DENIED when S3 denies access; UNAVAILABLE (with RetryInfo) when S3 is
-    throttling or failed transiently (re-send the whole part: re-uploading a part number is
-    idempotent); DEADLINE_EXCEEDED when S3 or the caller's deadline ran out (re-send the part);
-    CANCELLED when the caller cancelled; INTERNAL when the gateway's own AWS credentials are
-    rejected (an operator problem; do not retry).
+    (reason CHECKSUM_MISMATCH: re-read the data and re-send the part); OUT_OF_RANGE when the stream
+    carries fewer or more bytes than `content_length` (nothing was committed: fix the client);
+    RESOURCE_EXHAUSTED for the gateway's stream, buffer, idle and part-size limits (retry after the
+    RetryInfo delay; PART_TOO_LARGE has none: send smaller parts); NOT_FOUND when the upload id,
+    bucket or key is unknown (start a new upload); UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed
+    transiently, stalled or ran out of time, or the caller's deadline passed (re-send the whole
+    part: re-uploading a part number is idempotent); CANCELLED when the caller cancelled; and
+    UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED and INTERNAL as
+    described for the service. Nothing is committed unless the call succeeds.
     """
     UploadPartCopy: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.UploadPartCopyRequest, _upload_service_pb2.UploadPartCopyResponse]
     """Uploads a part by copying a byte range of an existing object (S3 UploadPartCopy).
 
-    Status codes: as CreateMultipartUpload, plus NOT_FOUND when the upload or the source object
-    does not exist, and FAILED_PRECONDITION when a copy-source condition does not hold (do not
-    retry unchanged).
+    Status codes: NOT_FOUND when the upload or the source object does not exist;
+    FAILED_PRECONDITION when a copy-source condition does not hold (do not retry unchanged); and
+    UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE,
+    DEADLINE_EXCEEDED (retry: copying a part number again is idempotent), UNIMPLEMENTED and INTERNAL
+    as described for the service.
     """
     CompleteMultipartUpload: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.CompleteMultipartUploadRequest, _upload_service_pb2.CompleteMultipartUploadResponse]
     """Assembles the uploaded parts into the object (S3 CompleteMultipartUpload).
@@ -88,31 +103,34 @@ class UploadServiceStub:
     the last (EntityTooSmall) or a bad checksum (do not retry unchanged); FAILED_PRECONDITION when
     a listed part or its ETag does not match what was uploaded (InvalidPart), or when `if_match` /
     `if_none_match` does not hold; ABORTED when a concurrent conditional write won (re-read and
-    decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE (with RetryInfo) and
-    DEADLINE_EXCEEDED for transient failures (retry: completing twice is safe);
-    PERMISSION_DENIED and INTERNAL as for CreateMultipartUpload.
+    decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE and DEADLINE_EXCEEDED for
+    transient failures (retry: completing twice is safe); and UNAUTHENTICATED, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
     """
     AbortMultipartUpload: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.AbortMultipartUploadRequest, _upload_service_pb2.AbortMultipartUploadResponse]
     """Aborts a multipart upload and frees the storage of its parts (S3 AbortMultipartUpload).
 
-    Status codes: NOT_FOUND when the upload does not exist (already aborted or completed);
-    PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and INTERNAL as
-    for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the upload does not exist (already aborted or completed: the
+    upload is gone either way); UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and
+    UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION, ABORTED,
+    RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
     """
     ListParts: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.ListPartsRequest, _upload_service_pb2.ListPartsResponse]
     """Lists the parts uploaded so far, one page at a time (S3 ListParts).
 
-    Status codes: NOT_FOUND when the upload does not exist; INVALID_ARGUMENT for a malformed
-    request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-    INTERNAL as for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the upload does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+    (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+    FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+    the service.
     """
     ListMultipartUploads: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.ListMultipartUploadsRequest, _upload_service_pb2.ListMultipartUploadsResponse]
     """Lists the multipart uploads in progress in a bucket, one page at a time
     (S3 ListMultipartUploads).
 
-    Status codes: NOT_FOUND when the bucket does not exist; INVALID_ARGUMENT for a malformed
-    request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-    INTERNAL as for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the bucket does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+    (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+    FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+    the service.
     """
 
 @_typing.type_check_only
@@ -125,11 +143,10 @@ class UploadServiceAsyncStub(UploadServiceStub):
     CreateMultipartUpload: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.CreateMultipartUploadRequest, _upload_service_pb2.CreateMultipartUploadResponse]  # type: ignore[assignment]
     """Starts a multipart upload and returns its upload id (S3 CreateMultipartUpload).
 
-    Status codes: INVALID_ARGUMENT for a malformed request or one S3 rejects as invalid (do not
-    retry unchanged); NOT_FOUND when the bucket does not exist; PERMISSION_DENIED when S3 denies
-    access; UNAVAILABLE (with RetryInfo) when S3 is throttling or unreachable (retry with backoff);
-    DEADLINE_EXCEEDED when S3 did not answer in time (retry); INTERNAL when the gateway's own AWS
-    credentials are rejected (an operator problem; do not retry).
+    Status codes: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (the bucket does
+    not exist), FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED
+    (retrying creates another upload: abort the one you do not use), UNIMPLEMENTED and INTERNAL,
+    as described for the service.
     """
     UploadPart: _aio.StreamUnaryMultiCallable[_upload_service_pb2.UploadPartRequest, _upload_service_pb2.UploadPartResponse]  # type: ignore[assignment]
     """Uploads one part by streaming its bytes (S3 UploadPart).
@@ -141,21 +158,24 @@ class UploadServiceAsyncStub(UploadServiceStub):
     committed, and an earlier good upload of the same part number stays in place.
 
     Status codes: INVALID_ARGUMENT for a malformed stream or header, and for a checksum mismatch
-    (ErrorInfo reason CHECKSUM_MISMATCH; re-read the data and re-send the part); OUT_OF_RANGE when
-    the stream carries fewer or more bytes than `content_length` (fix the client; nothing was
-    committed); NOT_FOUND when the upload id, bucket or key is unknown (do not retry; start a new
-    upload); PERMISSION_DENIED when S3 denies access; UNAVAILABLE (with RetryInfo) when S3 is
-    throttling or failed transiently (re-send the whole part: re-uploading a part number is
-    idempotent); DEADLINE_EXCEEDED when S3 or the caller's deadline ran out (re-send the part);
-    CANCELLED when the caller cancelled; INTERNAL when the gateway's own AWS credentials are
-    rejected (an operator problem; do not retry).
+    (reason CHECKSUM_MISMATCH: re-read the data and re-send the part); OUT_OF_RANGE when the stream
+    carries fewer or more bytes than `content_length` (nothing was committed: fix the client);
+    RESOURCE_EXHAUSTED for the gateway's stream, buffer, idle and part-size limits (retry after the
+    RetryInfo delay; PART_TOO_LARGE has none: send smaller parts); NOT_FOUND when the upload id,
+    bucket or key is unknown (start a new upload); UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed
+    transiently, stalled or ran out of time, or the caller's deadline passed (re-send the whole
+    part: re-uploading a part number is idempotent); CANCELLED when the caller cancelled; and
+    UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED and INTERNAL as
+    described for the service. Nothing is committed unless the call succeeds.
     """
     UploadPartCopy: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.UploadPartCopyRequest, _upload_service_pb2.UploadPartCopyResponse]  # type: ignore[assignment]
     """Uploads a part by copying a byte range of an existing object (S3 UploadPartCopy).
 
-    Status codes: as CreateMultipartUpload, plus NOT_FOUND when the upload or the source object
-    does not exist, and FAILED_PRECONDITION when a copy-source condition does not hold (do not
-    retry unchanged).
+    Status codes: NOT_FOUND when the upload or the source object does not exist;
+    FAILED_PRECONDITION when a copy-source condition does not hold (do not retry unchanged); and
+    UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE,
+    DEADLINE_EXCEEDED (retry: copying a part number again is idempotent), UNIMPLEMENTED and INTERNAL
+    as described for the service.
     """
     CompleteMultipartUpload: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.CompleteMultipartUploadRequest, _upload_service_pb2.CompleteMultipartUploadResponse]  # type: ignore[assignment]
     """Assembles the uploaded parts into the object (S3 CompleteMultipartUpload).
@@ -164,31 +184,34 @@ class UploadServiceAsyncStub(UploadServiceStub):
     the last (EntityTooSmall) or a bad checksum (do not retry unchanged); FAILED_PRECONDITION when
     a listed part or its ETag does not match what was uploaded (InvalidPart), or when `if_match` /
     `if_none_match` does not hold; ABORTED when a concurrent conditional write won (re-read and
-    decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE (with RetryInfo) and
-    DEADLINE_EXCEEDED for transient failures (retry: completing twice is safe);
-    PERMISSION_DENIED and INTERNAL as for CreateMultipartUpload.
+    decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE and DEADLINE_EXCEEDED for
+    transient failures (retry: completing twice is safe); and UNAUTHENTICATED, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
     """
     AbortMultipartUpload: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.AbortMultipartUploadRequest, _upload_service_pb2.AbortMultipartUploadResponse]  # type: ignore[assignment]
     """Aborts a multipart upload and frees the storage of its parts (S3 AbortMultipartUpload).
 
-    Status codes: NOT_FOUND when the upload does not exist (already aborted or completed);
-    PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and INTERNAL as
-    for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the upload does not exist (already aborted or completed: the
+    upload is gone either way); UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and
+    UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION, ABORTED,
+    RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
     """
     ListParts: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.ListPartsRequest, _upload_service_pb2.ListPartsResponse]  # type: ignore[assignment]
     """Lists the parts uploaded so far, one page at a time (S3 ListParts).
 
-    Status codes: NOT_FOUND when the upload does not exist; INVALID_ARGUMENT for a malformed
-    request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-    INTERNAL as for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the upload does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+    (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+    FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+    the service.
     """
     ListMultipartUploads: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.ListMultipartUploadsRequest, _upload_service_pb2.ListMultipartUploadsResponse]  # type: ignore[assignment]
     """Lists the multipart uploads in progress in a bucket, one page at a time
     (S3 ListMultipartUploads).
 
-    Status codes: NOT_FOUND when the bucket does not exist; INVALID_ARGUMENT for a malformed
-    request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-    INTERNAL as for CreateMultipartUpload.
+    Status codes: NOT_FOUND when the bucket does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+    (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+    FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+    the service.
     """
 
 class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -204,11 +227,10 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_upload_service_pb2.CreateMultipartUploadResponse, _abc.Awaitable[_upload_service_pb2.CreateMultipartUploadResponse]]:
         """Starts a multipart upload and returns its upload id (S3 CreateMultipartUpload).
 
-        Status codes: INVALID_ARGUMENT for a malformed request or one S3 rejects as invalid (do not
-        retry unchanged); NOT_FOUND when the bucket does not exist; PERMISSION_DENIED when S3 denies
-        access; UNAVAILABLE (with RetryInfo) when S3 is throttling or unreachable (retry with backoff);
-        DEADLINE_EXCEEDED when S3 did not answer in time (retry); INTERNAL when the gateway's own AWS
-        credentials are rejected (an operator problem; do not retry).
+        Status codes: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND (the bucket does
+        not exist), FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED
+        (retrying creates another upload: abort the one you do not use), UNIMPLEMENTED and INTERNAL,
+        as described for the service.
         """
 
     @_abc_1.abstractmethod
@@ -226,14 +248,15 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
         committed, and an earlier good upload of the same part number stays in place.
 
         Status codes: INVALID_ARGUMENT for a malformed stream or header, and for a checksum mismatch
-        (ErrorInfo reason CHECKSUM_MISMATCH; re-read the data and re-send the part); OUT_OF_RANGE when
-        the stream carries fewer or more bytes than `content_length` (fix the client; nothing was
-        committed); NOT_FOUND when the upload id, bucket or key is unknown (do not retry; start a new
-        upload); PERMISSION_DENIED when S3 denies access; UNAVAILABLE (with RetryInfo) when S3 is
-        throttling or failed transiently (re-send the whole part: re-uploading a part number is
-        idempotent); DEADLINE_EXCEEDED when S3 or the caller's deadline ran out (re-send the part);
-        CANCELLED when the caller cancelled; INTERNAL when the gateway's own AWS credentials are
-        rejected (an operator problem; do not retry).
+        (reason CHECKSUM_MISMATCH: re-read the data and re-send the part); OUT_OF_RANGE when the stream
+        carries fewer or more bytes than `content_length` (nothing was committed: fix the client);
+        RESOURCE_EXHAUSTED for the gateway's stream, buffer, idle and part-size limits (retry after the
+        RetryInfo delay; PART_TOO_LARGE has none: send smaller parts); NOT_FOUND when the upload id,
+        bucket or key is unknown (start a new upload); UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed
+        transiently, stalled or ran out of time, or the caller's deadline passed (re-send the whole
+        part: re-uploading a part number is idempotent); CANCELLED when the caller cancelled; and
+        UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNIMPLEMENTED and INTERNAL as
+        described for the service. Nothing is committed unless the call succeeds.
         """
 
     @_abc_1.abstractmethod
@@ -244,9 +267,11 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_upload_service_pb2.UploadPartCopyResponse, _abc.Awaitable[_upload_service_pb2.UploadPartCopyResponse]]:
         """Uploads a part by copying a byte range of an existing object (S3 UploadPartCopy).
 
-        Status codes: as CreateMultipartUpload, plus NOT_FOUND when the upload or the source object
-        does not exist, and FAILED_PRECONDITION when a copy-source condition does not hold (do not
-        retry unchanged).
+        Status codes: NOT_FOUND when the upload or the source object does not exist;
+        FAILED_PRECONDITION when a copy-source condition does not hold (do not retry unchanged); and
+        UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE,
+        DEADLINE_EXCEEDED (retry: copying a part number again is idempotent), UNIMPLEMENTED and INTERNAL
+        as described for the service.
         """
 
     @_abc_1.abstractmethod
@@ -261,9 +286,9 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
         the last (EntityTooSmall) or a bad checksum (do not retry unchanged); FAILED_PRECONDITION when
         a listed part or its ETag does not match what was uploaded (InvalidPart), or when `if_match` /
         `if_none_match` does not hold; ABORTED when a concurrent conditional write won (re-read and
-        decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE (with RetryInfo) and
-        DEADLINE_EXCEEDED for transient failures (retry: completing twice is safe);
-        PERMISSION_DENIED and INTERNAL as for CreateMultipartUpload.
+        decide); NOT_FOUND when the upload no longer exists; UNAVAILABLE and DEADLINE_EXCEEDED for
+        transient failures (retry: completing twice is safe); and UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
         """
 
     @_abc_1.abstractmethod
@@ -274,9 +299,10 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_upload_service_pb2.AbortMultipartUploadResponse, _abc.Awaitable[_upload_service_pb2.AbortMultipartUploadResponse]]:
         """Aborts a multipart upload and frees the storage of its parts (S3 AbortMultipartUpload).
 
-        Status codes: NOT_FOUND when the upload does not exist (already aborted or completed);
-        PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and INTERNAL as
-        for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the upload does not exist (already aborted or completed: the
+        upload is gone either way); UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and
+        UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION, ABORTED,
+        RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
         """
 
     @_abc_1.abstractmethod
@@ -287,9 +313,10 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_upload_service_pb2.ListPartsResponse, _abc.Awaitable[_upload_service_pb2.ListPartsResponse]]:
         """Lists the parts uploaded so far, one page at a time (S3 ListParts).
 
-        Status codes: NOT_FOUND when the upload does not exist; INVALID_ARGUMENT for a malformed
-        request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-        INTERNAL as for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the upload does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+        (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+        FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+        the service.
         """
 
     @_abc_1.abstractmethod
@@ -301,9 +328,10 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the multipart uploads in progress in a bucket, one page at a time
         (S3 ListMultipartUploads).
 
-        Status codes: NOT_FOUND when the bucket does not exist; INVALID_ARGUMENT for a malformed
-        request; PERMISSION_DENIED, UNAVAILABLE (retry with backoff), DEADLINE_EXCEEDED (retry) and
-        INTERNAL as for CreateMultipartUpload.
+        Status codes: NOT_FOUND when the bucket does not exist; UNAVAILABLE and DEADLINE_EXCEEDED
+        (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+        FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
+        the service.
         """
 
 def add_UploadServiceServicer_to_server(servicer: UploadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
