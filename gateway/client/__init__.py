@@ -54,7 +54,6 @@ import hashlib
 import math
 import os
 import random
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
@@ -63,7 +62,7 @@ import grpc
 from awscrt import checksums as crt
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway import checksums
+from gateway import bearer, checksums
 from gateway.security.tls import channel_credentials
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
@@ -92,12 +91,6 @@ RETRYABLE_CODES = frozenset(
 _CORE_INTERNAL = "Internal error from Core"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
-#: The metadata key of the bearer token.
-AUTHORIZATION = "authorization"
-#: RFC 6750's b64token, what the gateway accepts after ``Bearer``.
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-#: Per-call metadata: ``(key, value)`` pairs.
-Metadata = tuple[tuple[str, str], ...]
 
 #: ``(bytes_done, total)``; total is None while the size is unknown.
 ProgressCallback = Callable[[int, int | None], None]
@@ -178,20 +171,9 @@ async def _rpc(call: Awaitable[T]) -> T:
         raise GatewayCallError.from_rpc_error(error) from None
 
 
-def bearer_metadata(token: str | None) -> Metadata:
-    """The call metadata carrying ``token``: ``authorization: Bearer <token>``; none without a
-    token. Raises ValueError for a token that is empty or not a bearer token (RFC 6750's
-    characters); the message never contains the token."""
-    if token is None:
-        return ()
-    if not token:
-        raise ValueError("the token is empty")
-    if _TOKEN_RE.fullmatch(token) is None:
-        raise ValueError(
-            "the token is not a bearer token: it may hold only letters, digits and "
-            "-._~+/ (with = at the end), no spaces or line breaks"
-        )
-    return ((AUTHORIZATION, f"Bearer {token}"),)
+#: The call metadata carrying a token: ``authorization: Bearer <token>``; none for None. Raises
+#: ValueError for a token that is empty or not a bearer token (the message never holds it).
+bearer_metadata = bearer.metadata
 
 
 # --- part sizing ---------------------------------------------------------------------------------

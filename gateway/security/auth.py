@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 import string
 import threading
@@ -37,7 +36,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway import watch
+from gateway import bearer, watch
+from gateway.bearer import InvalidAuthorization as InvalidAuthorization
+from gateway.bearer import MetadataPairs
 from gateway.config import ConfigError
 from gateway.watch import StatSignature, read_capped
 
@@ -45,28 +46,16 @@ log = logging.getLogger(__name__)
 
 #: Largest token file accepted.
 MAX_TOKEN_FILE_SIZE = 1024 * 1024
-#: Longest bearer token accepted (ours are 43 characters).
-MAX_TOKEN_LENGTH = 4096
-#: The metadata key carrying credentials (gRPC keys are lower case).
-AUTHORIZATION = "authorization"
 
 Method = Literal["token", "mtls", "anonymous"]
-#: Call metadata as grpc gives it: ``(key, value)`` pairs, values ``str`` (``bytes`` for -bin).
-MetadataPairs = Iterable[tuple[str, str | bytes]]
 
 _HEX = frozenset(string.hexdigits)
-#: RFC 6750 section 2.1: ``"Bearer" 1*SP b64token``; the scheme is case-insensitive (RFC 9110).
-_BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9\-._~+/]+=*)")
 #: The SHA-256 of the empty string: an entry no real token can match.
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class AuthConfigError(ConfigError):
     """The token file cannot be used."""
-
-
-class InvalidAuthorization(ValueError):
-    """The call carries ``authorization`` metadata that is not one well-formed bearer token."""
 
 
 @dataclass(frozen=True)
@@ -218,33 +207,9 @@ class TokenFile:
         return found
 
 
-def bearer_token(metadata: MetadataPairs | None) -> str | None:
-    """The bearer token of a call's metadata; None when it has no ``authorization`` entry.
-
-    Accepted: exactly one ``authorization`` entry whose value is ``Bearer <token>`` (RFC 6750:
-    scheme in any case, one or more spaces, a b64token of at most :data:`MAX_TOKEN_LENGTH`
-    characters, no other whitespace). Anything else present under that key (two entries, another
-    scheme, a missing or malformed token, non-ASCII bytes) raises :class:`InvalidAuthorization`:
-    a caller that tried to authenticate is never mistaken for one that did not.
-    """
-    values = [v for k, v in metadata or () if k.lower() == AUTHORIZATION]
-    if not values:
-        return None
-    if len(values) > 1:
-        raise InvalidAuthorization("more than one authorization entry")
-    value = values[0]
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("ascii")
-        except UnicodeDecodeError:
-            raise InvalidAuthorization("authorization is not ASCII") from None
-    match = _BEARER.fullmatch(value)
-    if match is None:
-        raise InvalidAuthorization("authorization is not 'Bearer <token>'")
-    token = match.group(1)
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidAuthorization("bearer token too long")
-    return token
+#: The bearer token of a call's metadata, None without an ``authorization`` entry; raises
+#: :class:`InvalidAuthorization` for anything but one well-formed ``Bearer <token>``.
+bearer_token = bearer.parse
 
 
 def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> str | None:
