@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from gateway.config import Settings
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends import rgw as rgw_backend
-from tests.helpers import GatewayThread, S3Reader
+from tests.helpers import GatewayThread, S3Reader, create_bucket
 
 BACKENDS = ("moto", "rgw")
 RGW_CACHE = Path(os.environ.get("RGW_CACHE", Path(__file__).parent.parent / ".cache" / "rgw"))
@@ -189,9 +188,7 @@ def s3(s3_sync: Any) -> S3Reader:
 
 @pytest.fixture
 def new_bucket(s3_sync: Any) -> str:
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    s3_sync.create_bucket(Bucket=name)
-    return name
+    return create_bucket(s3_sync)
 
 
 @pytest.fixture
@@ -233,10 +230,41 @@ def gateway_address(moto_gateway: GatewayThread) -> str:
     return moto_gateway.address
 
 
+@pytest.fixture(scope="session")
+def moto_s3(moto_endpoint: str) -> Any:
+    """A boto3 client straight to moto."""
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
 @pytest.fixture
-def moto_bucket(moto_endpoint: str) -> str:
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=name
-    )
-    return name
+def moto_bucket(moto_s3: Any) -> str:
+    return create_bucket(moto_s3)
+
+
+@pytest.fixture
+def alice_bucket(moto_s3: Any) -> str:
+    """A bucket in moto that :data:`tests.helpers.POLICY` grants to alice."""
+    return create_bucket(moto_s3, "alice")
+
+
+@pytest.fixture
+def make_moto_gateway(moto_endpoint: str) -> Iterator[Callable[..., GatewayThread]]:
+    """Start gateways without a metrics port in front of moto (or of ``endpoint``), with changed
+    settings; all stop after the test."""
+    started: list[GatewayThread] = []
+
+    def make(endpoint: str = moto_endpoint, **changes: Any) -> GatewayThread:
+        settings = Settings(
+            listen_address="127.0.0.1:0",
+            metrics_address="",
+            drain_delay=0,
+            s3_endpoint_url=endpoint,
+            **changes,
+        )
+        running = GatewayThread(settings, ("testing", "testing"))
+        started.append(running.__enter__())
+        return running
+
+    yield make
+    for running in started:
+        running.__exit__(None, None, None)

@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+import yaml
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.config import Settings
 from gateway.errors import DOMAIN
+from gateway.security import auth
 from gateway.server.app import Gateway
 from gateway.units import MiB
 from gateway.v1 import upload_service_pb2 as pb
@@ -200,18 +203,59 @@ class HeldStream:
         self.future = stub.UploadPart.future(stream(), **kw)
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+def wait_for(
+    condition: Callable[[], T],
+    what: str,
+    timeout: float = 5,
+    *,
+    detail: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail naming
+    ``what`` (and ``detail()``, if given) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            seen = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{seen}")
         time.sleep(0.02)
+    return result
+
+
+#: Seconds :func:`wait_for_async` waits.
+ASYNC_WAIT = 20.0
+
+
+async def wait_for_async(
+    condition: Callable[[], T], what: str, *, detail: Callable[[], object] | None = None
+) -> T:
+    """:func:`wait_for` for async tests, for up to :data:`ASYNC_WAIT` seconds: polls without
+    blocking the test's event loop (state on the gateway's thread can signal no event to it)."""
+    deadline = time.monotonic() + ASYNC_WAIT
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            seen = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {ASYNC_WAIT:g} s waiting for {what}{seen}")
+        await asyncio.sleep(0.02)
+    return result
 
 
 def metric(running: GatewayThread, name: str, **labels: str) -> float:
     """The current value of one of a gateway's metric samples (0 when it has none yet)."""
     value = running.gateway.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
+
+
+def inflight_streams(running: GatewayThread) -> float:
+    """UploadPart streams the gateway holds (s3gateway_inflight_streams)."""
+    return metric(running, "s3gateway_inflight_streams")
+
+
+def create_bucket(s3: Any, prefix: str = "test") -> str:
+    """Create a bucket with a fresh name starting with ``prefix`` through the boto3 client
+    ``s3``; returns its name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:20]}"
+    s3.create_bucket(Bucket=name)
+    return name
 
 
 def load_script(name: str) -> ModuleType:
@@ -224,8 +268,11 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
-    for key, value in error.trailing_metadata() or ():
+def status_details(error: grpc.RpcError | status_pb2.Status) -> status_pb2.Status:
+    """The google.rpc.Status of a failed call (either grpc API), or the Status itself."""
+    if isinstance(error, status_pb2.Status):
+        return error
+    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
         if key == "grpc-status-details-bin":
             status = status_pb2.Status()
             status.ParseFromString(value)  # type: ignore[arg-type]
@@ -233,7 +280,7 @@ def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     raise AssertionError(f"no google.rpc.Status in the error: {error!r}")
 
 
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+def error_info(error: grpc.RpcError | status_pb2.Status) -> error_details_pb2.ErrorInfo:
     """The one ErrorInfo of an error (asserting there is exactly one, in our domain)."""
     infos = []
     for detail in status_details(error).details:
@@ -245,7 +292,7 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return infos[0]
 
 
-def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
+def retry_info(error: grpc.RpcError | status_pb2.Status) -> error_details_pb2.RetryInfo | None:
     for detail in status_details(error).details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
@@ -253,9 +300,67 @@ def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | Non
     return None
 
 
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
+def field_violations(error: grpc.RpcError | status_pb2.Status) -> list[str]:
     for detail in status_details(error).details:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):
             return [v.field for v in bad.field_violations]
     return []
+
+
+# Authentication and authorization, for calls through grpc's synchronous API: a refused
+# client-streaming call must report the gateway's status, not grpc.aio's early-status race
+# (grpc/grpc#36066).
+
+TOKEN_A = auth.generate_token()
+TOKEN_B = auth.generate_token()
+
+#: A policy for the principals of TOKEN_A (alice) and TOKEN_B (bob): alice may do anything in
+#: ``in/`` of the buckets named ``alice-*``, with parts of at most 1 MiB; bob may only list there.
+POLICY = {
+    "version": 1,
+    "principals": {
+        "alice": [
+            {
+                "operations": ["*"],
+                "buckets": ["alice-*"],
+                "prefixes": ["in/"],
+                "max_part_size": "1MiB",
+            }
+        ],
+        "bob": [{"operations": ["ListMultipartUploads", "ListParts"], "buckets": ["alice-*"]}],
+    },
+}
+
+
+def write_tokens(path: Path, **tokens: str) -> Path:
+    """A token file giving each principal (the keyword) its token (the value)."""
+    entries = [{"principal": name, "sha256": auth.hash_token(t)} for name, t in tokens.items()]
+    path.write_text(yaml.safe_dump({"tokens": entries}))
+    return path
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def stub_for(address: str) -> tuple[grpc.Channel, pb_grpc.UploadServiceStub]:
+    """A channel (grpc's synchronous API) to ``address`` and an UploadService stub on it."""
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.UploadServiceStub(channel)
+
+
+def failure(call: Callable[[], Any]) -> Any:
+    """Make a call (grpc's synchronous API) that must fail; returns its grpc.RpcError."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def sized_header(
+    bucket: str, key: str, upload_id: str, size: int, number: int = 1
+) -> pb.UploadPartRequest:
+    """An UploadPart header message announcing ``size`` bytes."""
+    return header_message(
+        bucket=bucket, key=key, upload_id=upload_id, part_number=number, content_length=size
+    )
