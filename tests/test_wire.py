@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway import checksums
 from gateway.errors import ResourceExhausted
-from gateway.server import relay
+from gateway.server import relay, timers
 from gateway.server.wire import Data, Malformed, decode_part_message, decoder
 from gateway.v1 import upload_service_pb2 as pb
 from tests.helpers import error_info
@@ -202,7 +202,7 @@ async def _messages(gaps: list[float]) -> Any:
 
 
 async def test_idle_timer_lets_a_steady_stream_run_past_the_timeout() -> None:
-    timer = relay.IdleTimer(0.2)
+    timer = timers.IdleTimer(0.2)
     stream = _messages([0.05] * 12)  # 0.6 s in all, never 0.2 s without a message
     received = 0
     while await timer.next(stream) is not None:
@@ -212,7 +212,7 @@ async def test_idle_timer_lets_a_steady_stream_run_past_the_timeout() -> None:
 
 
 async def test_idle_timer_ends_a_stalled_wait() -> None:
-    timer = relay.IdleTimer(0.2)
+    timer = timers.IdleTimer(0.2)
     stream = _messages([0.0, 0.05, 5.0])
     await timer.next(stream)
     await timer.next(stream)
@@ -225,7 +225,7 @@ async def test_idle_timer_ends_a_stalled_wait() -> None:
 
 
 async def test_idle_timer_leaves_other_cancellations_alone() -> None:
-    timer = relay.IdleTimer(5.0)
+    timer = timers.IdleTimer(5.0)
     waiting = asyncio.ensure_future(timer.next(_messages([10.0])))
     await asyncio.sleep(0.05)
     waiting.cancel()

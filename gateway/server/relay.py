@@ -9,7 +9,8 @@ completes the part is *held back*: it is handed to aiohttp only after the caller
 and every declared checksum matched. Any failure (a checksum mismatch, too many or too few bytes, a
 malformed stream) raises inside the body instead, aiohttp aborts the request, and S3, having
 received an incomplete body, stores nothing; an earlier good upload of that part number stays. The
-body remembers why it failed, because aiobotocore reports the abort as a connection error.
+body tells its :class:`gateway.server.timers.SendWatch` why it failed, because aiobotocore reports
+the abort as a connection error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway import checksums
 from gateway.checksums import Algorithm, MultiHasher
@@ -28,9 +28,8 @@ from gateway.errors import (
     InvalidRequest,
     LengthMismatch,
     Reason,
-    ResourceExhausted,
-    s3_stalled,
 )
+from gateway.server.timers import IdleTimer, SendWatch, next_message
 from gateway.server.wire import Data, Malformed, PartMessage
 from gateway.v1 import upload_service_pb2 as pb
 
@@ -102,163 +101,6 @@ def _trailer_values(trailer: pb.UploadPartTrailer) -> dict[Algorithm, bytes]:
             except ValueError as exc:
                 raise InvalidRequest(f"trailer.{algorithm.field}", str(exc)) from None
     return values
-
-
-class Deadline:
-    """A point in time that moves often and passes rarely.
-
-    Moving it costs no timer event: one timer, armed lazily, looks at the deadline when it
-    fires, re-arms itself for a deadline that moved later, and calls ``expire`` once it has
-    passed. A stream that moves its deadlines on every message of thousands a second thus
-    schedules about one timer event per timeout, not one per message.
-    """
-
-    def __init__(self, expire: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._expire = expire
-        self._when: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-
-    def set(self, when: float | None) -> None:
-        """Expire at loop time ``when``; None: not at all (until set again)."""
-        self._when = when
-        if when is None or (self._handle is not None and self._handle.when() <= when):
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self._loop.call_at(when, self._check)
-
-    def _check(self) -> None:
-        self._handle = None
-        when = self._when
-        if when is None:
-            return
-        if self._loop.time() < when:
-            self._handle = self._loop.call_at(when, self._check)
-            return
-        self._when = None
-        self._expire()
-
-    def close(self) -> None:
-        self._when = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-class IdleTimer:
-    """Ends a wait for the caller's next message that lasts ``timeout`` seconds: a stalled or
-    trickling caller must not hold its slot, its buffers and an S3 connection forever."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self._deadline = Deadline(self._expire)
-        self._waiter: asyncio.Task[Any] | None = None
-        self._expired = False
-
-    async def next(self, messages: Messages) -> PartMessage | None:
-        """The next message (None at the end of the stream), or :class:`ResourceExhausted`."""
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        self._waiter = task
-        self._deadline.set(self._loop.time() + self.timeout)
-        try:
-            return await anext(messages, None)
-        except asyncio.CancelledError:
-            if self._expired and task.uncancel() <= cancelling:
-                raise ResourceExhausted(
-                    Reason.IDLE_TIMEOUT,
-                    f"no message arrived for {self.timeout:g} s (GATEWAY_IDLE_TIMEOUT); the "
-                    "stream was ended and nothing was committed",
-                    limit=self.timeout,
-                    retry_delay=0,
-                ) from None
-            raise
-        finally:
-            self._waiter = None
-            self._deadline.set(None)
-
-    def _expire(self) -> None:
-        if self._waiter is not None:
-            self._expired = True
-            self._waiter.cancel()
-
-    def close(self) -> None:
-        self._deadline.close()
-
-
-class SendWatch:
-    """Bounds what a streamed part waits for from S3 while its body is sent.
-
-    aiohttp pulls the body chunk by chunk and writes each to the socket, waiting while S3 does
-    not take it (the kernel queues little: see :mod:`.s3`). So between handing a chunk to
-    aiohttp and aiohttp asking for the next, the relay waits for S3; while aiohttp waits for the
-    next chunk, it waits for the caller (whose waits :class:`IdleTimer` bounds). The first pull
-    comes once S3 has answered ``100 Continue``. A wait for S3 longer than ``timeout`` cancels
-    the task that awaits S3's answer; the call then fails with S3_STALLED (UNAVAILABLE with
-    RetryInfo), and the aborted request commits nothing. Once the body has been sent, aiohttp's
-    read timeout bounds the wait for S3's answer.
-    """
-
-    def __init__(self, timeout: float, operation: str = "UploadPart") -> None:
-        self.timeout = timeout
-        self._operation = operation
-        self._loop = asyncio.get_running_loop()
-        self._deadline = Deadline(self._expire)
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        #: Whether aiohttp has asked for the body (S3 answered 100 Continue, if it was asked).
-        self.invited = False
-        self._expired = False
-
-    def start(self) -> None:
-        """The calling task starts the request; the wait for 100 Continue begins."""
-        self._task = asyncio.current_task()
-        assert self._task is not None
-        self._cancelling = self._task.cancelling()
-        self._deadline.set(self._loop.time() + self.timeout)
-
-    def wanted(self) -> None:
-        """aiohttp asks for more of the body: S3 took what it had."""
-        self.invited = True
-        self._deadline.set(None)
-
-    def handed(self) -> None:
-        """A chunk goes to aiohttp: S3 has ``timeout`` seconds to take it."""
-        if self._task is not None:
-            self._deadline.set(self._loop.time() + self.timeout)
-
-    def sent(self) -> None:
-        """The whole body has been handed over; aiohttp's read timeout takes it from here."""
-        self._deadline.set(None)
-
-    def _expire(self) -> None:
-        if self._task is not None:
-            self._expired = True
-            self._task.cancel()
-
-    def expired(self) -> GatewayError | None:
-        """The error for the task cancelled by this watch (uncancelling it), else None."""
-        if not self._expired or self._task is None or self._task.uncancel() > self._cancelling:
-            return None
-        what = (
-            f"S3 took no byte of the body for {self.timeout:g} s"
-            if self.invited
-            else f"S3 did not invite the body (100 Continue) within {self.timeout:g} s"
-        )
-        return s3_stalled(self._operation, what)
-
-    def close(self) -> None:
-        self._deadline.close()
-
-
-async def next_message(messages: Messages, timer: IdleTimer | None) -> PartMessage | None:
-    """The caller's next message (None at the end of the stream), within ``timer``'s limit."""
-    if timer is None:
-        return await anext(messages, None)
-    return await timer.next(messages)
 
 
 class MessageReader:
@@ -373,8 +215,6 @@ class PartBody:
         self._leftover: Chunk = b""
         #: Bytes handed to aiohttp so far.
         self.released = 0
-        #: Why the body aborted the upload, if it did.
-        self.failure: GatewayError | None = None
         #: The digests computed over the whole part, once it has been verified.
         self.digests: dict[Algorithm, bytes] = {}
 
@@ -427,7 +267,8 @@ class PartBody:
         try:
             chunk = await self._pull()
         except GatewayError as exc:
-            self.failure = exc
+            if self._watch is not None:
+                self._watch.fail(exc)
             raise
         return chunk
 

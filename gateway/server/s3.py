@@ -25,7 +25,7 @@ No wait on S3 is unbounded:
   S3 stops acknowledging (or stops reading: a zero window) for that long, the kernel aborts the
   connection. ``TCP_NOTSENT_LOWAT`` keeps at most :data:`UNSENT_LOW_WATER` bytes unsent in the
   kernel, so aiohttp asks a streamed body for more only as S3 takes it (the body's
-  :class:`gateway.server.relay.SendWatch` sees every wait on S3 as it happens) and the read timeout,
+  :class:`.timers.SendWatch` sees every wait on S3 as it happens) and the read timeout,
   which starts when the last byte is written, does not count megabytes still queued in socket
   buffers.
 - **Answers.** ``GATEWAY_S3_READ_TIMEOUT`` between two bytes of S3's answer (aiohttp's read
@@ -113,7 +113,10 @@ def socket_factory(stall_timeout: float) -> Callable[[Any], socket.socket]:
 
 
 class Watch(Protocol):
-    """Bounds the waits on S3 of one call from inside (see :class:`.relay.SendWatch`)."""
+    """Bounds the waits on S3 of one call from inside, and knows why its body aborted the
+    request, if it did (see :class:`.timers.SendWatch`)."""
+
+    failure: GatewayError | None
 
     def start(self) -> None: ...
 
@@ -176,11 +179,10 @@ class S3:
             try:
                 response: dict[str, Any] = await _send(method, params, watch)
             except Exception as exc:  # classified, never swallowed
-                aborted = getattr(params.get("Body"), "failure", None)
-                if aborted is not None:
+                if watch is not None and watch.failure is not None:
                     # The body aborted the request on purpose (aiobotocore reports a connection
                     # error): its reason is the answer, and S3 did nothing wrong.
-                    raise aborted from None
+                    raise watch.failure from None
                 error = from_s3_exception(exc, operation)
                 code = error.metadata.get("s3ErrorCode", error.reason)
                 self._metrics.s3_failed(operation, code, bucket)

@@ -37,15 +37,13 @@ from gateway.server import validate
 from gateway.server.metrics import Metrics, bucket_type
 from gateway.server.relay import (
     ChecksumPlan,
-    IdleTimer,
     MessageReader,
     PartBody,
-    SendWatch,
-    next_message,
     read_whole_part,
     verify_whole_part,
 )
 from gateway.server.s3 import S3
+from gateway.server.timers import IdleTimer, SendWatch, next_message
 from gateway.server.wire import Data, Malformed, PartMessage, decode_part_message, decoder
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
