@@ -16,10 +16,16 @@ import pytest
 import yaml
 
 from gateway import cli
-from gateway.client import GatewayCallError, GatewayClient
+from gateway.client import (
+    GatewayCallError,
+    GatewayClient,
+    TLSConfigError,
+    open_channel,
+)
 from gateway.config import Settings
 from gateway.security.auth import bearer_token, hash_token, parse_tokens
 from gateway.v1 import upload_service_pb2 as pb
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.certs import CA
 from tests.cli_helpers import Certificate, gateway_cli
 from tests.helpers import GatewayThread, MiB
@@ -204,6 +210,81 @@ async def test_client_over_mutual_tls(
         with pytest.raises(GatewayCallError) as caught:
             await bare.list_multipart_uploads(pb.ListMultipartUploadsRequest(bucket=moto_bucket))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+# --- open_channel ------------------------------------------------------------------------------
+
+
+def test_a_sync_channel_sends_the_token_with_every_call(
+    token_gateway: GatewayThread, moto_bucket: str
+) -> None:
+    request = pb.ListMultipartUploadsRequest(bucket=moto_bucket)
+    with open_channel(token_gateway.address, token=TOKEN, aio=False) as channel:
+        assert TOKEN not in repr(channel)
+        stub = pb_grpc.UploadServiceStub(channel)
+        stub.ListMultipartUploads(request, timeout=10)
+        _, call = stub.ListMultipartUploads.with_call(request, timeout=10, metadata=[("x-a", "b")])
+        assert call.code() == grpc.StatusCode.OK
+        assert stub.ListMultipartUploads.future(request, timeout=10).result() is not None
+    with (
+        open_channel(token_gateway.address, aio=False) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        pb_grpc.UploadServiceStub(channel).ListMultipartUploads(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+async def test_an_aio_channel_sends_the_token_with_every_call(
+    token_gateway: GatewayThread, moto_bucket: str, tmp_path: Path
+) -> None:
+    path = _file(tmp_path, 1024)
+    async with GatewayClient(open_channel(token_gateway.address, token=TOKEN)) as client:
+        result = await client.upload_file(path, moto_bucket, "aio-channel.bin")
+    assert result.size == 1024
+
+
+def test_a_sync_channel_over_mutual_tls_with_a_server_name(
+    mtls: tuple[GatewayThread, MtlsFiles], moto_bucket: str
+) -> None:
+    gateway, files = mtls
+    request = pb.ListMultipartUploadsRequest(bucket=moto_bucket)
+    pair = {"client_cert": files.client_cert, "client_key": files.client_key}
+    with open_channel(
+        gateway.address,
+        tls=True,
+        root_certificates=files.ca.read_bytes(),
+        server_name="localhost",
+        aio=False,
+        **pair,
+    ) as channel:
+        pb_grpc.UploadServiceStub(channel).ListMultipartUploads(request, timeout=10)
+    with (
+        open_channel(
+            gateway.address,
+            tls=True,
+            ca_bundle=files.ca,
+            server_name="x.example",
+            aio=False,
+            **pair,
+        ) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        pb_grpc.UploadServiceStub(channel).ListMultipartUploads(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def test_open_channel_refuses_before_opening_anything(tmp_path: Path) -> None:
+    ca = CA()
+    ca_file = ca.write(tmp_path)
+    with pytest.raises(ValueError, match="exclude each other"):
+        open_channel("127.0.0.1:1", tls=True, ca_bundle=ca_file, root_certificates=ca.cert_pem)
+    with pytest.raises(ValueError, match="go together"):
+        open_channel("127.0.0.1:1", tls=True, client_key=ca_file, aio=False)
+    with pytest.raises(TLSConfigError, match="no valid PEM"):
+        open_channel("127.0.0.1:1", tls=True, client_cert=ca_file, client_key=ca_file)
+    with pytest.raises(ValueError) as caught:
+        open_channel("127.0.0.1:1", token="a secret")
+    assert "secret" not in str(caught.value)
 
 
 # --- the CLI ---------------------------------------------------------------------------------

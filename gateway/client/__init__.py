@@ -63,7 +63,14 @@ from awscrt import checksums as crt
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import bearer, checksums
-from gateway.security.tls import channel_credentials
+from gateway.client._channel import (
+    MAX_SEND_MESSAGE_SIZE,
+    channel_credentials,
+    check_arguments,
+    open_channel,
+    with_metadata,
+)
+from gateway.pem import TLSConfigError
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
@@ -90,7 +97,6 @@ RETRYABLE_CODES = frozenset(
 )
 _CORE_INTERNAL = "Internal error from Core"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
-_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
 
 #: ``(bytes_done, total)``; total is None while the size is unknown.
 ProgressCallback = Callable[[int, int | None], None]
@@ -469,14 +475,14 @@ class GatewayClient:
     ) -> None:
         self.channel = channel
         self.timeout = timeout
-        # Metadata passed to each call rather than added by an interceptor: an intercepted
-        # client-streaming call proxies write() through a queue and a task, which would change the
-        # early-end handling UploadPart relies on (grpc/grpc#36066, see upload_part).
-        self._metadata = bearer_metadata(token)
-        self._stub: pb_grpc.UploadServiceAsyncStub = pb_grpc.UploadServiceStub(channel)
+        metadata = bearer_metadata(token)
+        self._has_token = bool(metadata)
+        # The token goes the way open_channel sends it: added where each call is made.
+        calls = with_metadata(channel, metadata) if metadata else channel
+        self._stub: pb_grpc.UploadServiceAsyncStub = pb_grpc.UploadServiceStub(calls)
 
     def __repr__(self) -> str:
-        token = ", token=<hidden>" if self._metadata else ""
+        token = ", token=<hidden>" if self._has_token else ""
         return f"{type(self).__name__}(timeout={self.timeout}{token})"
 
     @classmethod
@@ -497,17 +503,18 @@ class GatewayClient:
         ``client_key`` (PEM files, the key unencrypted) are presented for mutual TLS and need
         ``tls=True``. ``token`` goes with every call as a bearer token. Raises ValueError for
         a bad combination, a bad token or unusable certificate files
-        (:class:`gateway.security.tls.TLSConfigError`)."""
-        if (client_cert is None) != (client_key is None):
-            raise ValueError("client_cert and client_key go together")
-        if client_cert is not None and not tls:
-            raise ValueError("a client certificate (mutual TLS) needs tls=True")
+        (:class:`gateway.pem.TLSConfigError`); see :func:`open_channel`."""
+        check_arguments(
+            tls=tls,
+            ca_bundle=ca_bundle,
+            client_cert=client_cert,
+            client_key=client_key,
+            root_certificates=None,
+        )
         bearer_metadata(token)  # refuse a bad token before opening anything
-        if not tls:
-            channel = grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
-        else:
-            credentials = channel_credentials(ca_bundle, client_cert, client_key)
-            channel = grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS)
+        channel = open_channel(
+            target, tls=tls, ca_bundle=ca_bundle, client_cert=client_cert, client_key=client_key
+        )
         return cls(channel, timeout=timeout, token=token)
 
     async def close(self) -> None:
@@ -524,9 +531,7 @@ class GatewayClient:
     async def create_multipart_upload(
         self, request: pb.CreateMultipartUploadRequest
     ) -> pb.CreateMultipartUploadResponse:
-        return await _rpc(
-            self._stub.CreateMultipartUpload(request, timeout=self.timeout, metadata=self._metadata)
-        )
+        return await _rpc(self._stub.CreateMultipartUpload(request, timeout=self.timeout))
 
     async def upload_part(
         self,
@@ -544,7 +549,7 @@ class GatewayClient:
         echoes a trailer value in the response only when it stored it (the gateway reaches S3
         over https); the gateway verified it in any case."""
         chunks = _as_chunks(body)
-        call = self._stub.UploadPart(None, timeout=self.timeout, metadata=self._metadata)
+        call = self._stub.UploadPart(None, timeout=self.timeout)
         try:
             if await _send_part(call, header, chunks, on_sent, on_checksum):
                 await call.done_writing()
@@ -564,7 +569,7 @@ class GatewayClient:
         if not error.is_core_internal:
             return error
         if header.content_length:
-            probe = self._stub.UploadPart(None, timeout=self.timeout, metadata=self._metadata)
+            probe = self._stub.UploadPart(None, timeout=self.timeout)
             try:
                 if await _write(probe, pb.UploadPartRequest(header=header)):
                     await probe.done_writing()
@@ -580,9 +585,7 @@ class GatewayClient:
         with an empty ListParts, which the gateway refuses before anything reaches S3: for the
         credentials, else for the request itself."""
         try:
-            await self._stub.ListParts(
-                pb.ListPartsRequest(), timeout=self.timeout, metadata=self._metadata
-            )
+            await self._stub.ListParts(pb.ListPartsRequest(), timeout=self.timeout)
         except grpc.aio.AioRpcError as probe_error:
             real = GatewayCallError.from_rpc_error(probe_error)
             if real.code == grpc.StatusCode.UNAUTHENTICATED and real.error_info is not None:
@@ -592,37 +595,25 @@ class GatewayClient:
     async def upload_part_copy(
         self, request: pb.UploadPartCopyRequest
     ) -> pb.UploadPartCopyResponse:
-        return await _rpc(
-            self._stub.UploadPartCopy(request, timeout=self.timeout, metadata=self._metadata)
-        )
+        return await _rpc(self._stub.UploadPartCopy(request, timeout=self.timeout))
 
     async def complete_multipart_upload(
         self, request: pb.CompleteMultipartUploadRequest
     ) -> pb.CompleteMultipartUploadResponse:
-        return await _rpc(
-            self._stub.CompleteMultipartUpload(
-                request, timeout=self.timeout, metadata=self._metadata
-            )
-        )
+        return await _rpc(self._stub.CompleteMultipartUpload(request, timeout=self.timeout))
 
     async def abort_multipart_upload(
         self, request: pb.AbortMultipartUploadRequest
     ) -> pb.AbortMultipartUploadResponse:
-        return await _rpc(
-            self._stub.AbortMultipartUpload(request, timeout=self.timeout, metadata=self._metadata)
-        )
+        return await _rpc(self._stub.AbortMultipartUpload(request, timeout=self.timeout))
 
     async def list_parts(self, request: pb.ListPartsRequest) -> pb.ListPartsResponse:
-        return await _rpc(
-            self._stub.ListParts(request, timeout=self.timeout, metadata=self._metadata)
-        )
+        return await _rpc(self._stub.ListParts(request, timeout=self.timeout))
 
     async def list_multipart_uploads(
         self, request: pb.ListMultipartUploadsRequest
     ) -> pb.ListMultipartUploadsResponse:
-        return await _rpc(
-            self._stub.ListMultipartUploads(request, timeout=self.timeout, metadata=self._metadata)
-        )
+        return await _rpc(self._stub.ListMultipartUploads(request, timeout=self.timeout))
 
     # --- whole uploads ---
 
@@ -917,15 +908,19 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "MAX_PARTS",
     "MAX_PART_SIZE",
+    "MAX_SEND_MESSAGE_SIZE",
     "MIN_PART_SIZE",
     "RETRYABLE_CODES",
     "CustomerKey",
     "GatewayCallError",
     "GatewayClient",
     "ProgressCallback",
+    "TLSConfigError",
     "UploadOptions",
     "UploadResult",
+    "channel_credentials",
     "choose_part_size",
     "object_checksum",
+    "open_channel",
     "part_count",
 ]
