@@ -28,3 +28,7 @@ class ExitCode(enum.IntEnum):
 
 class UsageError(Exception):
     """A bad command line (:attr:`ExitCode.USAGE`); nothing was sent."""
+
+
+class ConnectionFailure(Exception):
+    """The gateway could not be reached (:attr:`ExitCode.CONNECTION`); it answered nothing."""

@@ -27,6 +27,8 @@ from awscrt import checksums as crt
 
 from gateway.cli import build_parser
 from gateway.cli import s3api as s3api_cli
+from gateway.cli.connection import Endpoint
+from gateway.exits import UsageError
 from tests.cli_helpers import (
     Certificate,
     aws_cli,
@@ -691,17 +693,15 @@ def test_text_and_table_formats_are_awscli_formats(
 
 
 def test_endpoint_urls() -> None:
-    parse = s3api_cli.Endpoint.parse
-    assert parse("localhost:50051") == s3api_cli.Endpoint(
-        "localhost:50051", False, "http://localhost:50051"
-    )
-    assert parse("https://gw.example:8443/") == s3api_cli.Endpoint(
+    parse = Endpoint.parse
+    assert parse("localhost:50051") == Endpoint("localhost:50051", False, "http://localhost:50051")
+    assert parse("https://gw.example:8443/") == Endpoint(
         "gw.example:8443", True, "https://gw.example:8443"
     )
-    assert parse("http://[::1]:7") == s3api_cli.Endpoint("[::1]:7", False, "http://[::1]:7")
+    assert parse("http://[::1]:7") == Endpoint("[::1]:7", False, "http://[::1]:7")
     assert parse("https://gw.example").target == "gw.example:443"
     for bad in ("ftp://x:1", "http://", "http://x:port"):
-        with pytest.raises(s3api_cli.UsageError):
+        with pytest.raises(UsageError):
             parse(bad)
 
 
@@ -709,5 +709,5 @@ def test_next_token_is_botocores() -> None:
     token = s3api_cli.encode_token({"PartNumberMarker": None, "boto_truncate_amount": 1})
     assert token == "eyJQYXJ0TnVtYmVyTWFya2VyIjogbnVsbCwgImJvdG9fdHJ1bmNhdGVfYW1vdW50IjogMX0="
     assert s3api_cli.decode_token(token, ["PartNumberMarker"]) == ({"PartNumberMarker": None}, 1)
-    with pytest.raises(s3api_cli.UsageError):
+    with pytest.raises(UsageError):
         s3api_cli.decode_token("not a token", ["PartNumberMarker"])

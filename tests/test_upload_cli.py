@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway import checksums
-from gateway.cli.upload import ProgressBar, UsageError, parse_destination, parse_size
+from gateway.cli.upload import ProgressBar, parse_destination, parse_size
+from gateway.exits import UsageError
 from tests.cli_helpers import gateway_cli
 from tests.helpers import GatewayThread, MiB, S3Reader
 

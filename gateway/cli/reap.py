@@ -21,15 +21,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.cli import s3api as s3api_cli
+from gateway.cli.connection import add_connection_options, open_channel
+from gateway.exits import ConnectionFailure, ExitCode, UsageError
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-EXIT_USAGE = 252
-EXIT_FAILED = 254
-EXIT_CONNECTION = 255
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -81,19 +79,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--prefix", default="", help="only uploads whose key starts with this")
     parser.add_argument("--dry-run", action="store_true", help="list what would be aborted")
-    s3api_cli.add_connection_options(parser)
+    add_connection_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        channel, _ = s3api_cli.open_channel(args, connect_timeout=None)
-    except s3api_cli.UsageError as exc:
+        channel, _ = open_channel(args, connect_timeout=None)
+    except UsageError as exc:
         print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except s3api_cli.ConnectionFailure as exc:
+        return ExitCode.USAGE
+    except ConnectionFailure as exc:
         print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
-        return EXIT_CONNECTION
+        return ExitCode.CONNECTION
     cutoff = dt.datetime.now(dt.UTC) - args.older_than
     verb = "would abort" if args.dry_run else "aborted"
     found = failed = 0
@@ -108,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{verb}\t{stale.key}\t{stale.upload_id}\t{stale.initiated.isoformat()}")
         except grpc.RpcError as error:
             print(f"cannot list uploads of {args.bucket}: {_describe(error)}", file=sys.stderr)
-            return EXIT_FAILED
+            return ExitCode.SERVICE_ERROR
     done = found - failed
     print(
         f"{done} upload(s) older than {args.older_than} {verb} in {args.bucket}"
         + (f"; {failed} could not be aborted" if failed else ""),
         file=sys.stderr,
     )
-    return EXIT_FAILED if failed else 0
+    return ExitCode.SERVICE_ERROR if failed else ExitCode.OK
 
 
 def _abort(stub: pb_grpc.UploadServiceStub, bucket: str, stale: Stale) -> bool:

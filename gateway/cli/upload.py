@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import grpc
 
 from gateway import checksums
-from gateway.cli import s3api as s3api_cli
+from gateway.cli.connection import TOKEN_ENV, Connection, add_connection_options, connection
 from gateway.client import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
@@ -47,20 +47,13 @@ from gateway.client import (
     UploadOptions,
     UploadResult,
 )
-
-EXIT_USAGE = 252
-EXIT_FAILED = 254
-EXIT_CONNECTION = 255
+from gateway.exits import ConnectionFailure, ExitCode, UsageError
 
 MiB = 1024 * 1024
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
 DEMO_BUCKET = "gateway-demo"
-
-
-class UsageError(Exception):
-    """A bad argument; nothing was sent."""
 
 
 def parse_size(text: str) -> int:
@@ -256,14 +249,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="upload a file through the gateway (multipart, parallel, checksummed)",
         description="Upload FILE (- for stdin) to s3://BUCKET/KEY through a running gateway. "
         "Prints the ETag and checksum as JSON. A gateway that authenticates its callers takes "
-        f"a bearer token (--token-file, else ${s3api_cli.TOKEN_ENV}) and/or, over https://, a "
+        f"a bearer token (--token-file, else ${TOKEN_ENV}) and/or, over https://, a "
         "client certificate (--client-cert and --client-key).",
     )
     upload.add_argument("file", metavar="FILE", help="the file to upload, - for stdin")
     upload.add_argument("destination", metavar="s3://BUCKET/KEY")
     _add_upload_options(upload)
     _add_object_options(upload)
-    s3api_cli.add_connection_options(upload)
+    add_connection_options(upload)
     upload.set_defaults(func=run_upload)
 
     demo = subparsers.add_parser(
@@ -283,46 +276,46 @@ def run_upload(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         bucket, key = parse_destination(args.destination)
-        connection = s3api_cli.connection(args, None)
-    except (UsageError, s3api_cli.UsageError, OSError) as exc:
-        return _fail("upload", exc, EXIT_USAGE)
-    except s3api_cli.ConnectionFailure as exc:
-        return _fail("upload", exc, EXIT_CONNECTION)
+        target = connection(args, None)
+    except (UsageError, OSError) as exc:
+        return _fail("upload", exc, ExitCode.USAGE)
+    except ConnectionFailure as exc:
+        return _fail("upload", exc, ExitCode.CONNECTION)
     progress = ProgressBar(sys.stderr)
     try:
-        result = asyncio.run(_upload(connection, args.file, bucket, key, options, progress))
+        result = asyncio.run(_upload(target, args.file, bucket, key, options, progress))
     except GatewayCallError as exc:
         progress.finish()
-        code = EXIT_CONNECTION if _unreachable(exc) else EXIT_FAILED
-        return _fail("upload", _describe(exc, connection.endpoint.url), code)
+        code = ExitCode.CONNECTION if _unreachable(exc) else ExitCode.SERVICE_ERROR
+        return _fail("upload", _describe(exc, target.endpoint.url), code)
     except (OSError, ValueError) as exc:
         progress.finish()
-        return _fail("upload", exc, EXIT_FAILED)
+        return _fail("upload", exc, ExitCode.SERVICE_ERROR)
     progress.finish()
     print(json.dumps(result_json(result), indent=4))
-    return 0
+    return ExitCode.OK
 
 
-def _open_client(connection: s3api_cli.Connection) -> GatewayClient:
+def _open_client(conn: Connection) -> GatewayClient:
     """A client on a new channel, with the connection's TLS credentials and bearer token."""
-    target = connection.endpoint.target
-    if connection.credentials is None:
+    target = conn.endpoint.target
+    if conn.credentials is None:
         channel = grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
     else:
-        options = _CHANNEL_OPTIONS + connection.options
-        channel = grpc.aio.secure_channel(target, connection.credentials, options)
-    return GatewayClient(channel, token=connection.token)
+        options = _CHANNEL_OPTIONS + conn.options
+        channel = grpc.aio.secure_channel(target, conn.credentials, options)
+    return GatewayClient(channel, token=conn.token)
 
 
 async def _upload(
-    connection: s3api_cli.Connection,
+    conn: Connection,
     file: str,
     bucket: str,
     key: str,
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
 ) -> UploadResult:
-    async with _open_client(connection) as client:
+    async with _open_client(conn) as client:
         if file == "-":
             return await client.upload_stream(
                 sys.stdin.buffer, bucket, key, None, options, progress
@@ -395,16 +388,16 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
     except UsageError as exc:
-        return _fail("demo", exc, EXIT_USAGE)
+        return _fail("demo", exc, ExitCode.USAGE)
     progress = ProgressBar(sys.stderr)
     try:
         summary = asyncio.run(_demo(args.size, options, progress))
     except (GatewayCallError, OSError, ValueError, RuntimeError) as exc:
         progress.finish()
-        return _fail("demo", exc, EXIT_FAILED)
+        return _fail("demo", exc, ExitCode.SERVICE_ERROR)
     progress.finish()
     print("\n".join(summary.lines()))
-    return 0 if summary.verified else EXIT_FAILED
+    return ExitCode.OK if summary.verified else ExitCode.SERVICE_ERROR
 
 
 async def _demo(

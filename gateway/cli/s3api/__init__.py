@@ -62,15 +62,12 @@ import logging
 import os
 import re
 import shutil
-import socket
-import ssl
 import sys
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn, TypeVar, cast
-from urllib.parse import urlsplit
 
 import grpc
 import jmespath
@@ -90,34 +87,19 @@ from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
 from gateway import checksums
-from gateway.client import bearer_metadata
-from gateway.config import ConfigError, listens_on_loopback
-from gateway.security.tls import TLSConfigError, load_pair
+from gateway.cli.connection import add_connection_options, open_channel
+from gateway.exits import ConnectionFailure, ExitCode, UsageError
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
-from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-EXIT_USAGE = 252
-EXIT_SERVICE_ERROR = 254
-EXIT_CONNECTION = 255
-
-#: The environment variable that sets the default ``--endpoint-url``.
-ENDPOINT_ENV = "GATEWAY_ENDPOINT_URL"
-DEFAULT_ENDPOINT = "localhost:50051"
-#: The environment variable holding the bearer token, when ``--token-file`` is not given.
-TOKEN_ENV = "GATEWAY_TOKEN"
-#: The largest ``--token-file`` read.
-_MAX_TOKEN_FILE = 64 * 1024
 #: The size of the ``data`` messages of ``upload-part``.
 CHUNK_SIZE = 1024 * 1024
 _SERVICE_NAME = "gateway.v1.UploadService"
 _DEFAULT_CONNECT_TIMEOUT = 60.0
-#: gRPC's default 4 MiB send limit is plenty for 1 MiB chunks; raise it for large JSON requests.
-_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
 
 #: Request members that the proto flattens: CompletedMultipartUpload is only its ``Parts``.
 _FLATTENED = {"MultipartUpload": "Parts"}
@@ -164,14 +146,6 @@ COMMANDS: tuple[Command, ...] = (
     Command("ListMultipartUploads", pb.ListMultipartUploadsRequest),
     Command("UploadPartCopy", pb.UploadPartCopyRequest),
 )
-
-
-class UsageError(Exception):
-    """The command line or an input value is wrong; nothing was sent (exit 252)."""
-
-
-class ConnectionFailure(Exception):
-    """The gateway could not be reached (exit 255)."""
 
 
 # --- botocore's model ----------------------------------------------------------------------------
@@ -275,7 +249,9 @@ class S3ApiParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         top = self.prog.split()[0]
-        self.exit(EXIT_USAGE, _USAGE_BANNER.format(top=top) + f"{self.prog}: error: {message}\n")
+        self.exit(
+            ExitCode.USAGE, _USAGE_BANNER.format(top=top) + f"{self.prog}: error: {message}\n"
+        )
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -404,21 +380,6 @@ def _add_global_options(group: argparse._ArgumentGroup) -> None:
         "--debug", action="store_true", help="Log the gRPC calls to stderr (never SSE-C keys)."
     )
     group.add_argument(
-        "--endpoint-url",
-        metavar="<value>",
-        help="The gateway: http://host:port (plaintext), https://host:port (TLS) or host:port "
-        f"(plaintext). Default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}.",
-    )
-    group.add_argument(
-        "--no-verify-ssl",
-        action="store_true",
-        help="With https://, do not verify the gateway's certificate. gRPC cannot skip "
-        "verification, so the CLI fetches the certificate the server presents "
-        "(ssl.get_server_certificate) and trusts exactly that certificate, under the name "
-        "it is issued for, for this connection only. This works for self-signed certificates; "
-        "for one issued by a private CA, pass that CA with --ca-bundle.",
-    )
-    group.add_argument(
         "--no-paginate",
         dest="paginate",
         action="store_false",
@@ -428,10 +389,7 @@ def _add_global_options(group: argparse._ArgumentGroup) -> None:
         "--output", choices=("json", "text", "table"), default="json", help="Output format."
     )
     group.add_argument("--query", metavar="<value>", help="A JMESPath query to filter the output.")
-    group.add_argument(
-        "--ca-bundle", metavar="<value>", help="PEM file of CAs to trust for https:// gateways."
-    )
-    add_credential_options(group, "<value>")
+    add_connection_options(group)
     group.add_argument(
         "--cli-read-timeout",
         type=float,
@@ -463,10 +421,10 @@ def run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int:
         return _run(command, parser, args)
     except UsageError as exc:
         sys.stderr.write(f"\n{exc}\n")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except ConnectionFailure as exc:
         sys.stderr.write(f"\n{exc}\n")
-        return EXIT_CONNECTION
+        return ExitCode.CONNECTION
 
 
 def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int:
@@ -911,313 +869,6 @@ def format_timestamp(value: dt.datetime, shape: Shape) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
-# --- the gateway connection ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the gateway is, from ``--endpoint-url``."""
-
-    target: str
-    tls: bool
-    url: str
-
-    @classmethod
-    def parse(cls, value: str) -> Endpoint:
-        scheme, _, rest = value.rpartition("://")
-        if scheme not in ("", "http", "https"):
-            raise UsageError(f"Bad value for --endpoint-url: {value} (http:// or https://)")
-        parts = urlsplit(f"//{rest}")
-        if not parts.hostname:
-            raise UsageError(f"Bad value for --endpoint-url: {value} (no host)")
-        tls = scheme == "https"
-        try:
-            port = parts.port or (443 if tls else 80)
-        except ValueError:
-            raise UsageError(f"Bad value for --endpoint-url: {value} (bad port)") from None
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        target = f"{host}:{port}"
-        return cls(target, tls, f"{'https' if tls else 'http'}://{target}")
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.target.rpartition(":")
-        return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class Connection:
-    """How to reach the gateway: where, TLS credentials (None: plaintext) and the channel options
-    they need, and the bearer token to send (never shown by ``repr``)."""
-
-    endpoint: Endpoint
-    credentials: grpc.ChannelCredentials | None
-    options: list[tuple[str, str]]
-    token: str | None = field(default=None, repr=False)
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata every call carries: the bearer token, if any."""
-        return bearer_metadata(self.token)
-
-
-def connection(args: argparse.Namespace, connect_timeout: float | None) -> Connection:
-    """The connection the options ask for: ``--endpoint-url``, ``--ca-bundle``,
-    ``--no-verify-ssl``, ``--client-cert``/``--client-key``, and the token of ``--token-file``
-    or ``$GATEWAY_TOKEN``. Raises UsageError (ConnectionFailure when ``--no-verify-ssl`` cannot
-    fetch the server's certificate)."""
-    endpoint = Endpoint.parse(args.endpoint_url or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT)
-    client = _client_certificate(args, endpoint)
-    token = read_token(args)
-    if not endpoint.tls:
-        if token is not None and not listens_on_loopback(endpoint.target):
-            print(
-                f"s3-upload-gateway: warning: sending a bearer token in plaintext to "
-                f"{endpoint.target}; use https:// unless a mesh encrypts the connection",
-                file=sys.stderr,
-            )
-        return Connection(endpoint, None, [], token)
-    credentials, options = _channel_credentials(
-        endpoint, args.ca_bundle, not args.no_verify_ssl, connect_timeout, client
-    )
-    return Connection(endpoint, credentials, options, token)
-
-
-def open_channel(
-    args: argparse.Namespace, connect_timeout: float | None
-) -> tuple[grpc.Channel, Endpoint]:
-    """A channel to the gateway named by ``--endpoint-url`` (``--ca-bundle``,
-    ``--no-verify-ssl``, ``--client-cert``/``--client-key``); every call on it carries the
-    bearer token, if one is given."""
-    conn = connection(args, connect_timeout)
-    if conn.credentials is not None:
-        channel = grpc.secure_channel(
-            conn.endpoint.target, conn.credentials, _CHANNEL_OPTIONS + conn.options
-        )
-    else:
-        channel = grpc.insecure_channel(conn.endpoint.target, _CHANNEL_OPTIONS)
-    if conn.token is not None:
-        log.debug("Sending a bearer token with every call")
-        channel = grpc.intercept_channel(channel, _MetadataInterceptor(conn.metadata))
-    return channel, conn.endpoint
-
-
-def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--endpoint-url``, ``--ca-bundle``, ``--no-verify-ssl``, ``--client-cert``,
-    ``--client-key`` and ``--token-file``, as the s3api commands have."""
-    parser.add_argument(
-        "--endpoint-url",
-        metavar="<value>",
-        help="The gateway: http://host:port (plaintext), https://host:port (TLS) or host:port "
-        f"(plaintext). Default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}.",
-    )
-    parser.add_argument(
-        "--ca-bundle", metavar="<value>", help="PEM file of CAs to trust for https:// gateways."
-    )
-    parser.add_argument(
-        "--no-verify-ssl",
-        action="store_true",
-        help="With https://, trust the certificate the gateway presents without verifying it.",
-    )
-    add_credential_options(parser, "PATH")
-
-
-def add_credential_options(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, metavar: str
-) -> None:
-    """``--client-cert``, ``--client-key`` and ``--token-file``: who the caller is."""
-    parser.add_argument(
-        "--client-cert",
-        metavar=metavar,
-        help="PEM certificate (chain) to present to an https:// gateway that requires mutual "
-        "TLS; with --client-key.",
-    )
-    parser.add_argument(
-        "--client-key",
-        metavar=metavar,
-        help="The unencrypted PEM private key of --client-cert.",
-    )
-    parser.add_argument(
-        "--token-file",
-        metavar=metavar,
-        help="A file holding the bearer token to send to the gateway (authorization: Bearer "
-        f"metadata, on every call); surrounding whitespace is ignored. Default: ${TOKEN_ENV}, "
-        "when set. No option takes the token itself: command lines show in the process list.",
-    )
-    # A trap for --token VALUE, which argparse would otherwise take for an abbreviation of
-    # --token-file (and then quote the token in its "no such file" error).
-    parser.add_argument(
-        "--token", dest="token_on_command_line", nargs="?", const="", help=argparse.SUPPRESS
-    )
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    """The bearer token: the content of ``--token-file`` (stripped), else ``$GATEWAY_TOKEN``
-    (stripped; empty means none). Raises UsageError, whose message never holds the token."""
-    if getattr(args, "token_on_command_line", None) is not None:
-        raise UsageError(
-            "There is no --token option: a token on the command line shows in the process "
-            f"list. Put it in a file for --token-file, or in ${TOKEN_ENV}."
-        )
-    path = getattr(args, "token_file", None)
-    if path is not None:
-        source = "--token-file"
-        try:
-            _, data = read_capped(path, _MAX_TOKEN_FILE, what="token file")
-        except ConfigError as exc:
-            raise UsageError(f"Bad value for --token-file: {exc}") from None
-        try:
-            token = data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise UsageError(f"Bad value for --token-file: {path} is not UTF-8 text") from None
-        if not token:
-            raise UsageError(f"Bad value for --token-file: {path} is empty")
-    else:
-        source = f"${TOKEN_ENV}"
-        token = os.environ.get(TOKEN_ENV, "").strip()
-        if not token:
-            return None
-    try:
-        bearer_metadata(token)
-    except ValueError as exc:
-        raise UsageError(f"Bad value for {source}: {exc}") from None
-    return token
-
-
-def _client_certificate(args: argparse.Namespace, endpoint: Endpoint) -> tuple[str, str] | None:
-    """The ``--client-cert`` and ``--client-key`` paths, checked (None when not given)."""
-    cert, key = getattr(args, "client_cert", None), getattr(args, "client_key", None)
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise UsageError("--client-cert and --client-key go together")
-    if not endpoint.tls:
-        raise UsageError(
-            "--client-cert and --client-key need an https:// --endpoint-url (mutual TLS), "
-            f"not {endpoint.url}"
-        )
-    return cert, key
-
-
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, details: grpc.ClientCallDetails, metadata: Sequence[tuple[str, str]]):
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = (*(details.metadata or ()), *metadata)
-        self.credentials = details.credentials
-        self.wait_for_ready = details.wait_for_ready
-        self.compression = details.compression
-
-
-class _MetadataInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds fixed metadata (the bearer token) to every call of a synchronous channel."""
-
-    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
-        self._metadata = tuple(metadata)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(<{len(self._metadata)} hidden>)"
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_CallDetails(details, self._metadata), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return continuation(_CallDetails(details, self._metadata), request_iterator)
-
-
-def _channel_credentials(
-    endpoint: Endpoint,
-    ca_bundle: str | None,
-    verify: bool,
-    timeout: float | None,
-    client: tuple[str, str] | None = None,
-) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
-    """TLS credentials: the CAs to trust (``--ca-bundle``, the system's, or with ``verify``
-    false the server's own certificate), and the client certificate and key files, if any."""
-    cert_pem = key_pem = None
-    if client is not None:
-        try:
-            cert_pem, key_pem = load_pair(*client)
-        except TLSConfigError as exc:
-            raise UsageError(f"Bad value for --client-cert/--client-key: {exc}") from None
-    if not verify:
-        pem, names = _fetch_certificate(endpoint, timeout, client)
-        host = endpoint.host_port[0]
-        override = (
-            [] if host in names or not names else [("grpc.ssl_target_name_override", names[0])]
-        )
-        log.debug("--no-verify-ssl: trusting the certificate the server presented for %s", names)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=pem, private_key=key_pem, certificate_chain=cert_pem
-        )
-        return credentials, override
-    roots = None
-    if ca_bundle is not None:
-        try:
-            with open(ca_bundle, "rb") as handle:
-                roots = handle.read()
-        except OSError as exc:
-            raise UsageError(f"Bad value for --ca-bundle: {exc}") from None
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key_pem, certificate_chain=cert_pem
-    )
-    return credentials, []
-
-
-def _fetch_certificate(
-    endpoint: Endpoint, timeout: float | None, client: tuple[str, str] | None = None
-) -> tuple[bytes, list[str]]:
-    """The certificate the server presents, and the names it is issued for (the client
-    certificate, if any, is presented: a mutual-TLS server may refuse a handshake without)."""
-    address = endpoint.host_port
-    try:
-        context = _tls_context(client)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with (
-            socket.create_connection(address, timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=address[0]) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-        if der is None:
-            raise ssl.SSLError("the server presented no certificate")
-        pem = ssl.DER_cert_to_PEM_cert(der)
-        names = _certificate_names(address, pem, timeout, client)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionFailure(
-            f'Could not connect to the endpoint URL: "{endpoint.url}" ({exc})'
-        ) from None
-    return pem.encode(), names
-
-
-def _tls_context(client: tuple[str, str] | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if client is not None:
-        context.load_cert_chain(*client)
-    return context
-
-
-def _certificate_names(
-    address: tuple[str, int], pem: str, timeout: float | None, client: tuple[str, str] | None
-) -> list[str]:
-    """The DNS names and IP addresses the certificate is for, read in a handshake that trusts it
-    (ssl parses only certificates it verified)."""
-    context = _tls_context(client)
-    context.check_hostname = False
-    context.load_verify_locations(cadata=pem)
-    with (
-        socket.create_connection(address, timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=address[0]) as tls,
-    ):
-        cert: dict[str, Any] = dict(tls.getpeercert() or {})
-    alt_names = [str(value) for _, value in cert.get("subjectAltName", ())]
-    common = [str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
-    return alt_names + common
-
-
 @dataclass
 class Gateway:
     """A channel to the gateway and the calls of one command."""
@@ -1366,7 +1017,7 @@ def report_rpc_error(call: grpc.Call, command: Command, url: str) -> int:
     problem = _transport_problem(code, details, url) if status is None else None
     if problem is not None:
         sys.stderr.write(f"\n{problem}\n")
-        return EXIT_CONNECTION
+        return ExitCode.CONNECTION
     info = error_info(status)
     error = (info.metadata.get("s3ErrorCode") or info.reason) if info else ""
     message = s3_message(details, command.operation, error) if info else details
@@ -1374,7 +1025,7 @@ def report_rpc_error(call: grpc.Call, command: Command, url: str) -> int:
         f"\nAn error occurred ({error or code.name}) when calling the {command.operation} "
         f"operation: {message}\n"
     )
-    return EXIT_SERVICE_ERROR
+    return ExitCode.SERVICE_ERROR
 
 
 def _transport_problem(code: grpc.StatusCode, details: str, url: str) -> str | None:
@@ -1417,13 +1068,15 @@ def s3_message(details: str, operation: str, code: str) -> str:
 
 
 def _enable_debug_log() -> None:
-    if log.handlers:
+    """``--debug``: the CLI's log records (every module of :mod:`gateway.cli`) on stderr."""
+    cli_log = logging.getLogger("gateway.cli")
+    if cli_log.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
+    cli_log.addHandler(handler)
+    cli_log.setLevel(logging.DEBUG)
+    cli_log.propagate = False
 
 
 def _loggable(message: Message) -> str:
