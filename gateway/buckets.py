@@ -1,4 +1,4 @@
-"""Bucket names: S3's naming rules, and S3 Express One Zone directory buckets
+"""Bucket and key names: S3's naming rules, and S3 Express One Zone directory buckets
 (``BASE--ZONEID--x-s3``), their zones and the regions those belong to."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import re
 
 from gateway.errors import InvalidRequest
 
+#: S3's longest key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
 #: Suffix of S3 Express One Zone directory bucket names.
 DIRECTORY_BUCKET_SUFFIX = "--x-s3"
 
@@ -69,3 +71,11 @@ def check_name(name: str, field: str = "bucket") -> None:
     except ValueError:
         return
     raise InvalidRequest(field, "must not be formatted as an IP address")
+
+
+def check_key(value: str, field: str = "key") -> None:
+    """S3's key rules: 1 to 1024 UTF-8 bytes."""
+    if not value:
+        raise InvalidRequest(field, "is required")
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidRequest(field, f"must be at most {MAX_KEY_BYTES} UTF-8 bytes")

@@ -25,6 +25,7 @@ from gateway.config import Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
 from gateway.security.guard import Guard
 from gateway.security.tls import ServerTLS
+from gateway.server.admission import Admission
 from gateway.server.metrics import Metrics, MetricsInterceptor
 from gateway.server.s3 import S3, open_s3
 from gateway.server.service import UploadService, add_to_server
@@ -82,8 +83,10 @@ class Gateway:
                 open_s3(settings, self.metrics, credentials)
             )
             self.s3_endpoint_url = s3.endpoint_url
-            self.guard = Guard(settings, self.metrics)
-            service = UploadService(s3, settings, self.metrics, self.guard)
+            self.guard = Guard(settings)
+            self._watch_files(self.guard)
+            admission = Admission(settings, self.metrics)
+            service = UploadService(s3, settings, self.metrics, self.guard, admission)
             self._server = self._build_server(settings, service)
             self.port = self._add_port(settings)
             if settings.health_address:
@@ -103,6 +106,13 @@ class Gateway:
             self.s3_endpoint_url,
             extra={FIELDS: {"grpc_port": self.port, "metrics_port": self.metrics_port}},
         )
+
+    def _watch_files(self, guard: Guard) -> None:
+        """Count the reloads of the token and policy files in the metrics."""
+        if guard.tokens is not None:
+            self.metrics.watch("tokens", guard.tokens)
+        if guard.policy_file is not None:
+            self.metrics.watch("policy", guard.policy_file)
 
     def _add_port(self, settings: Settings) -> int:
         """Listen with TLS when certificate files are configured, else in plaintext."""

@@ -12,26 +12,94 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 
-from gateway import checksums
+from gateway import buckets, checksums
 from gateway.checksums import Algorithm
 from gateway.convert import field_name, service_model
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, Reason
+from gateway.v1 import upload_service_pb2 as pb
 
 MAX_PART_NUMBER = 10_000
-MAX_KEY_BYTES = 1024
 MAX_UPLOAD_ID_LENGTH = 1024
 MAX_PAGE_SIZE = 1000
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Header-bound strings checked for control characters in every request that has them.
+_HEADER_FIELDS = (
+    "expected_bucket_owner",
+    "expected_source_bucket_owner",
+    "cache_control",
+    "content_disposition",
+    "content_encoding",
+    "content_language",
+    "content_type",
+    "website_redirect_location",
+    "grant_full_control",
+    "grant_read",
+    "grant_read_acp",
+    "grant_write_acp",
+    "tagging",
+    "ssekms_key_id",
+    "ssekms_encryption_context",
+    "copy_source",
+    "copy_source_range",
+    "copy_source_if_match",
+    "copy_source_if_none_match",
+    "if_match",
+    "if_none_match",
+)
 
 
-def key(value: str, field: str = "key") -> None:
-    if not value:
-        raise InvalidRequest(field, "is required")
-    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
-        raise InvalidRequest(field, f"must be at most {MAX_KEY_BYTES} UTF-8 bytes")
+def object_request(request: Any, region: str) -> None:
+    """The checks of every request naming a bucket and a key (``region``: the gateway's)."""
+    buckets.check_name(request.bucket)
+    buckets.check_key(request.key)
+    operation = request.DESCRIPTOR.name.removesuffix("Request").removesuffix("Header")
+    header_strings(request, operation)
+    if buckets.is_directory_bucket(request.bucket):
+        directory_bucket_rules(request)
+    bucket_region(request.bucket, region)
+
+
+def header_strings(request: Message, operation: str) -> None:
+    """No control characters in the strings that become HTTP headers, and S3's vocabulary for
+    the fields that take one."""
+    fields = request.DESCRIPTOR.fields_by_name
+    no_control_characters(request, *(f for f in _HEADER_FIELDS if f in fields))
+    vocabulary(request, operation)
+
+
+def bucket_region(bucket: str, region: str) -> None:
+    """A directory bucket must live in the region this gateway serves (``region``)."""
+    if not buckets.is_directory_bucket(bucket):
+        return
+    zone = buckets.directory_bucket_zone(bucket)
+    home = buckets.zone_region(zone)
+    if home is not None and home != region:
+        raise GatewayError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            Reason.WRONG_REGION,
+            f"directory bucket {bucket} is in {home} (zone {zone}); this gateway serves "
+            f"{region}: call a gateway configured for {home}",
+            metadata={"bucketRegion": home, "gatewayRegion": region},
+        )
+
+
+def checksum_choice(algorithm: int, checksum_type: int) -> None:
+    """A known algorithm, a known type, and FULL_OBJECT only for the CRCs."""
+    if algorithm and algorithm not in checksums.BY_PROTO:
+        raise InvalidRequest("checksum_algorithm", "is not a known algorithm")
+    if checksum_type and checksum_type not in pb.ChecksumType.values():
+        raise InvalidRequest("checksum_type", "is not a known checksum type")
+    if checksum_type == pb.CHECKSUM_TYPE_FULL_OBJECT:
+        chosen = checksums.BY_PROTO.get(algorithm)
+        if chosen is None or chosen not in checksums.FULL_OBJECT_CAPABLE:
+            raise InvalidRequest(
+                "checksum_type", "FULL_OBJECT needs checksum_algorithm CRC32, CRC32C or CRC64NVME"
+            )
 
 
 def upload_id(value: str, field: str = "upload_id") -> None:
