@@ -23,10 +23,13 @@ from gateway.client import (
     GatewayClient,
     UploadOptions,
     choose_part_size,
+    error_info,
     object_checksum,
     part_count,
+    status_details,
 )
 from gateway.v1 import upload_service_pb2 as pb
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.conftest import Backend
 from tests.helpers import GatewayThread, MiB, S3Reader
 
@@ -254,7 +257,7 @@ async def test_an_unknown_length_stream_beyond_10000_parts_is_refused_and_aborte
             yield b"x" * 64 * 1024
 
     # 10,000 real 5 MiB parts would be 49 GiB; shrink the limit instead of the data.
-    monkeypatch.setattr("gateway.client.MAX_PARTS", 3)
+    monkeypatch.setattr("gateway.client._sources.MAX_PARTS", 3)
     with pytest.raises(ValueError, match="longer than 3 parts"):
         await client.upload_stream(
             endless(), new_bucket, "endless", options=UploadOptions(part_size=5 * MiB)
@@ -306,6 +309,37 @@ async def test_call_errors_carry_the_error_info(client: GatewayClient, new_bucke
     assert raised.value.code == grpc.StatusCode.NOT_FOUND
     assert raised.value.reason in ("NO_SUCH_UPLOAD", "NO_SUCH_KEY")  # RGW 16: NoSuchKey
     assert not raised.value.retryable
+
+
+async def test_status_details_and_error_info_of_an_aio_error(
+    client: GatewayClient, new_bucket: str
+) -> None:
+    stub = pb_grpc.UploadServiceStub(client.channel)
+    request = pb.ListPartsRequest(bucket=new_bucket, key="k", upload_id="no-such-upload")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ListParts(request, timeout=10)
+    status = status_details(raised.value)
+    assert status is not None
+    assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert status.message == raised.value.details()
+    info = error_info(raised.value)
+    assert info is not None and info.reason in ("NO_SUCH_UPLOAD", "NO_SUCH_KEY")
+    assert error_info(status) == info
+
+
+def test_status_details_of_errors_that_carry_none() -> None:
+    assert status_details(grpc.RpcError()) is None
+    assert error_info(grpc.RpcError()) is None
+    assert error_info(None) is None
+    made_up = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        "Internal error from Core",
+        None,
+    )
+    assert status_details(made_up) is None
+    assert GatewayCallError.from_rpc_error(made_up).is_core_internal
 
 
 def test_grpc_core_internal_is_retryable_but_a_real_internal_is_not() -> None:

@@ -20,7 +20,9 @@ from gateway.client import (
     GatewayCallError,
     GatewayClient,
     TLSConfigError,
+    error_info,
     open_channel,
+    status_details,
 )
 from gateway.config import Settings
 from gateway.security.auth import bearer_token, hash_token, parse_tokens
@@ -231,7 +233,11 @@ def test_a_sync_channel_sends_the_token_with_every_call(
         pytest.raises(grpc.RpcError) as caught,
     ):
         pb_grpc.UploadServiceStub(channel).ListMultipartUploads(request, timeout=10)
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    status = status_details(caught.value)
+    assert status is not None and status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "UNAUTHENTICATED"
 
 
 async def test_an_aio_channel_sends_the_token_with_every_call(
@@ -270,7 +276,8 @@ def test_a_sync_channel_over_mutual_tls_with_a_server_name(
         pytest.raises(grpc.RpcError) as caught,
     ):
         pb_grpc.UploadServiceStub(channel).ListMultipartUploads(request, timeout=10)
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert status_details(caught.value) is None  # the handshake failed: no gateway status
 
 
 def test_open_channel_refuses_before_opening_anything(tmp_path: Path) -> None:
