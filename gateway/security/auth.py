@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import string
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from gateway import bearer, watch
 from gateway.bearer import InvalidAuthorization as InvalidAuthorization
 from gateway.bearer import MetadataPairs
 from gateway.config import ConfigError
-from gateway.watch import StatSignature, read_capped
+from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +128,9 @@ def parse_tokens(text: str | bytes, source: str = "<tokens>") -> tuple[tuple[byt
     return _entries(document, source)
 
 
-class TokenFile:
-    """The token file at ``path``, loaded now and reloaded when it changes.
+class TokenFile(watch.Watched[tuple[tuple[bytes, str], ...]]):
+    """The token file at ``path``, loaded now and reloaded when it changes
+    (:class:`gateway.watch.Watched`).
 
     At most once per ``check_interval`` seconds (by ``clock``), a lookup stats the path again,
     following symlinks, so a Kubernetes Secret update (a swapped ``..data`` link) or an edited
@@ -147,47 +147,28 @@ class TokenFile:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = os.fspath(path)
-        self.check_interval = check_interval
-        self.reloads = 0
-        #: Changed versions that failed to load (the previous tokens stayed in force).
-        self.reload_failures = 0
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._signature, self._entries = self._load()
-        #: The stat signature of the last version that failed to load (None: file missing).
-        self._rejected: StatSignature | Literal[False] | None = False
-        self._checked = clock()
+        super().__init__(
+            (self.path,),
+            self._read,
+            what="token file",
+            kept="tokens",
+            log=log,
+            error=AuthConfigError,
+            describe=lambda entries: f": {len(entries)} token(s)",
+            check_interval=check_interval,
+            clock=clock,
+        )
 
-    def _load(self) -> tuple[StatSignature, tuple[tuple[bytes, str], ...]]:
-        signature, data = read_capped(
+    def _read(self) -> tuple[tuple[bytes, str], ...]:
+        _, data = read_capped(
             self.path, MAX_TOKEN_FILE_SIZE, what="token file", error=AuthConfigError
         )
-        return signature, parse_tokens(data, self.path)
+        return parse_tokens(data, self.path)
 
     @property
     def count(self) -> int:
         """The number of tokens in force."""
-        return len(self._entries)
-
-    def check(self) -> bool:
-        """Reload the file now if it changed; True when new tokens took effect."""
-        with self._lock:
-            self._checked = self._clock()
-            signature = watch.signature(self.path)
-            if signature in (self._signature, self._rejected):
-                return False
-            try:
-                self._signature, self._entries = self._load()
-            except AuthConfigError as e:
-                self._rejected = signature
-                self.reload_failures += 1
-                log.error("token file not reloaded, keeping the previous tokens: %s", e)
-                return False
-            self._rejected = False
-            self.reloads += 1
-            count = len(self._entries)
-        log.info("token file %s reloaded: %d token(s)", self.path, count)
-        return True
+        return len(self.value)
 
     def principal_for(self, token: str) -> str | None:
         """The principal whose token this is, or None.
@@ -195,13 +176,12 @@ class TokenFile:
         The token's hash is compared with every entry by :func:`hmac.compare_digest`, with no
         early exit: the time taken does not depend on which entry (if any) matches.
         """
-        if self._clock() - self._checked >= self.check_interval:
-            self.check()
+        entries = self.value
         if not token:
             return None
         digest = hashlib.sha256(token.encode()).digest()
         found: str | None = None
-        for stored, principal in self._entries:
+        for stored, principal in entries:
             if hmac.compare_digest(digest, stored):
                 found = principal
         return found

@@ -53,7 +53,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,7 +182,7 @@ class Policy:
     def load(cls, path: str | os.PathLike[str]) -> Policy:
         """Read, parse and validate the policy file at ``path``."""
         name = os.fspath(path)
-        return cls.from_text(_read_file(name)[1], name)
+        return cls.from_text(_read_file(name), name)
 
     @property
     def principals(self) -> frozenset[str]:
@@ -257,19 +256,14 @@ class Policy:
         return own + self._table.get(ANY, {}).get(operation, ())
 
 
-_Signature = tuple[int, int, int, int]
-#: The signature of a file that cannot be stat'ed (missing, or not readable).
-_MISSING: _Signature = (-1, -1, -1, -1)
-
-
-class PolicyFile:
-    """A policy file that is reloaded when it changes on disk.
+class PolicyFile(watch.Watched[Policy]):
+    """A policy file that is reloaded when it changes on disk (:class:`gateway.watch.Watched`).
 
     A Kubernetes ConfigMap update swaps a ``..data`` symlink to a new directory, so each check
-    re-resolves the path and compares ``(st_ino, st_dev, st_mtime_ns, st_size)`` of the file it
-    leads to. :attr:`policy` is meant to be read on every call: between checks (at most one per
-    ``check_interval`` seconds of ``clock``) it costs a clock reading. A check stats the file, and
-    reads it when it changed: a little blocking I/O on the caller's thread.
+    re-resolves the path and compares the stat signature of the file it leads to. :attr:`policy`
+    is meant to be read on every call: between checks (at most one per ``check_interval`` seconds
+    of ``clock``) it costs a clock reading. A check stats the file, and reads it when it changed:
+    a little blocking I/O on the caller's thread.
 
     A new file that is missing, unreadable or invalid leaves the previous policy in force; each
     such change is logged once, as an error, and counted in :attr:`reload_failures`. Successful
@@ -284,80 +278,30 @@ class PolicyFile:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Load the file at once; raises PolicyError when it is missing or invalid."""
-        if check_interval < 0:
-            raise ValueError("check_interval must be >= 0")
         self.path = os.fspath(path)
-        self.reloads = 0
-        self.reload_failures = 0
-        self.check_interval = check_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._signature, text = _read_file(self.path)
-        self._policy = Policy.from_text(text, self.path)
-        self._failed: _Signature | None = None  # the file version that last failed to load
-        self._next_check = clock() + check_interval
+        super().__init__(
+            (self.path,),
+            lambda: Policy.from_text(_read_file(self.path), self.path),
+            what="authorization policy",
+            kept="policy",
+            log=logger,
+            error=PolicyError,
+            describe=lambda policy: f" ({len(policy.principals)} principals)",
+            check_interval=check_interval,
+            clock=clock,
+        )
 
     @property
     def policy(self) -> Policy:
         """The policy in force, reloaded first if the interval passed and the file changed."""
-        if self._clock() >= self._next_check:
-            self._check()
-        return self._policy
-
-    def _check(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is checking: use the policy in force meanwhile
-        try:
-            self._next_check = self._clock() + self.check_interval
-            current = _stat(self.path)
-            if current == self._signature:
-                self._failed = None  # back to the loaded version: a new failure logs again
-                return
-            if current == self._failed:
-                return
-            self._reload(current)
-        finally:
-            self._lock.release()
-
-    def _reload(self, current: _Signature) -> None:
-        try:
-            signature, text = _read_file(self.path)
-        except PolicyError as exc:
-            self._fail(current, exc)
-            return
-        if signature == self._signature:  # changed back between the stat and the read
-            self._failed = None
-            return
-        try:
-            policy = Policy.from_text(text, self.path)
-        except PolicyError as exc:
-            self._fail(signature, exc)
-            return
-        self._policy = policy
-        self._signature = signature
-        self._failed = None
-        self.reloads += 1
-        logger.info(
-            "reloaded the authorization policy from %s (%d principals)",
-            self.path,
-            len(policy.principals),
-        )
-
-    def _fail(self, signature: _Signature, exc: PolicyError) -> None:
-        self._failed = signature
-        self.reload_failures += 1
-        logger.error("authorization policy not reloaded, the previous one stays in force: %s", exc)
+        return self.value
 
 
-def _stat(path: str) -> _Signature:
-    return watch.signature(path) or _MISSING
-
-
-def _read_file(path: str) -> tuple[_Signature, str]:
-    """The signature and text of the file ``path`` leads to, read through one descriptor."""
-    signature, data = read_capped(path, MAX_POLICY_BYTES, what="policy", error=PolicyError)
+def _read_file(path: str) -> str:
+    """The text of the file ``path`` leads to, read through one descriptor."""
+    _, data = read_capped(path, MAX_POLICY_BYTES, what="policy", error=PolicyError)
     try:
-        return signature, data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: not UTF-8 text") from None
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 
 import grpc
@@ -35,23 +34,22 @@ from gateway import watch
 from gateway.pem import TLSConfigError as TLSConfigError
 from gateway.pem import load_ca as load_ca
 from gateway.pem import load_pair as load_pair
-from gateway.watch import StatSignature
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _Material:
-    """One consistent read of the files, and the stat signatures they had."""
+    """One consistent read of the files."""
 
-    signature: tuple[StatSignature | None, ...]
     cert_pem: bytes
     key_pem: bytes
     client_ca_pem: bytes | None
 
 
-class ServerTLS:
-    """Server TLS (mTLS when ``client_ca_file`` is set) whose files are reloaded on change.
+class ServerTLS(watch.Watched[_Material]):
+    """Server TLS (mTLS when ``client_ca_file`` is set) whose files are reloaded on change
+    (:class:`gateway.watch.Watched`, checked before every handshake).
 
     With ``client_ca_file``, every client must present a certificate issued by one of its CAs
     (``require_client_cert`` must stay True, see the module docstring). Without it, no client
@@ -75,42 +73,28 @@ class ServerTLS:
         self.cert_file = os.fspath(cert_file)
         self.key_file = os.fspath(key_file)
         self.client_ca_file = None if client_ca_file is None else os.fspath(client_ca_file)
-        self.reloads = 0
-        #: Changed file sets that failed to load (the previous ones stayed in use).
-        self.reload_failures = 0
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._rejected: tuple[StatSignature | None, ...] | None = None
-        material = self._load()
-        if material is None:  # a file changed while it was read: one more try, then give up
-            material = self._load()
-        if material is None:
-            raise TLSConfigError(
-                f"{self.cert_file!r} / {self.key_file!r} kept changing while being read"
-            )
-        self._material = material
+        paths = [self.cert_file, self.key_file]
+        if self.client_ca_file is not None:
+            paths.append(self.client_ca_file)
+        super().__init__(
+            paths,
+            self._read,
+            what="TLS certificate",
+            kept="certificate",
+            log=log,
+            error=TLSConfigError,
+            failure_level=logging.WARNING,
+        )
 
     @property
     def mutual(self) -> bool:
         """Whether clients must present a certificate."""
         return self.client_ca_file is not None
 
-    def _paths(self) -> tuple[str, ...]:
-        if self.client_ca_file is None:
-            return (self.cert_file, self.key_file)
-        return (self.cert_file, self.key_file, self.client_ca_file)
-
-    def _signature(self) -> tuple[StatSignature | None, ...]:
-        return tuple(watch.signature(path) for path in self._paths())
-
-    def _load(self) -> _Material | None:
-        """Read and check the files; None when one changed while being read."""
-        before = self._signature()
+    def _read(self) -> _Material:
         cert_pem, key_pem = load_pair(self.cert_file, self.key_file)
         client_ca = None if self.client_ca_file is None else load_ca(self.client_ca_file)
-        if self._signature() != before:
-            return None
-        return _Material(before, cert_pem, key_pem, client_ca)
+        return _Material(cert_pem, key_pem, client_ca)
 
     def _configuration(self, material: _Material) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -119,46 +103,23 @@ class ServerTLS:
 
     def refresh(self) -> bool:
         """Re-read the files if their stat signatures changed; True when new ones took effect.
-
-        A set that fails to load keeps the current one and logs one warning (until the files
-        change again). Thread-safe; called by the credentials' fetcher before each handshake.
-        """
-        with self._lock:
-            signature = self._signature()
-            if signature == self._material.signature or signature == self._rejected:
-                return False
-            try:
-                material = self._load()
-            except TLSConfigError as e:
-                self._rejected = signature
-                self.reload_failures += 1
-                log.warning("TLS files not reloaded, still serving the previous ones: %s", e)
-                return False
-            if material is None:  # mid-write: look again at the next handshake
-                return False
-            self._rejected = None
-            self._material = material
-            self._generation += 1
-            self.reloads += 1
-        log.info("TLS certificate reloaded from %s", self.cert_file)
-        return True
+        Thread-safe; called by the credentials' fetcher before each handshake."""
+        return self.check()
 
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials serving the current files, following later changes."""
-        with self._lock:
-            initial = self._configuration(self._material)
-            served = self._generation
+        served = self.reloads
+        initial = self._configuration(self.value)
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             # Runs on a grpc core thread before each handshake: no event loop here. Each
             # credentials object tracks what it serves, so several ports can share one ServerTLS.
             nonlocal served
             self.refresh()
-            with self._lock:
-                if served == self._generation:
-                    return None
-                served = self._generation
-                return self._configuration(self._material)
+            if served == self.reloads:
+                return None
+            served = self.reloads
+            return self._configuration(self.value)
 
         return grpc.dynamic_ssl_server_credentials(
             initial,
