@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
@@ -17,6 +19,7 @@ import grpc
 import pytest
 import yaml
 from google.rpc import error_details_pb2, status_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Settings
 from gateway.errors import DOMAIN
@@ -243,6 +246,36 @@ def metric(running: GatewayThread, name: str, **labels: str) -> float:
     """The current value of one of a gateway's metric samples (0 when it has none yet)."""
     value = running.gateway.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
+
+
+#: Samples of a /metrics page, keyed by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(target: GatewayThread | int) -> Samples:
+    """Every sample of a gateway's /metrics page: a gateway in a thread, or the metrics port of
+    one (a gateway process logs it, see :func:`logged_metrics_port`)."""
+    port = target if isinstance(target, int) else target.gateway.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample_value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample of a :func:`scrape`; a KeyError when the page has no such sample."""
+    return samples[(name, frozenset(labels.items()))]
+
+
+def logged_metrics_port(log: list[str]) -> int:
+    """The metrics port a gateway process logged once it served."""
+    for line in list(log):
+        if match := re.search(r'"metrics_port": (\d+)', line):
+            return int(match.group(1))
+    raise AssertionError(f"no metrics port in the log:\n{''.join(log)}")
 
 
 def inflight_streams(running: GatewayThread) -> float:

@@ -27,7 +27,14 @@ from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.counting import CountingProxy, counting_proxy
 from tests.conftest import Backend
-from tests.helpers import GatewayThread, error_info, field_violations
+from tests.helpers import (
+    GatewayThread,
+    create_bucket,
+    error_info,
+    failure,
+    field_violations,
+    write_tokens,
+)
 
 TOKENS = {"alice": auth.generate_token(), "spaced": auth.generate_token()}
 ACCESS_POINT = "arn:aws:s3:us-east-1:123456789012:accesspoint/ap"
@@ -239,8 +246,7 @@ def test_any_encoding_of_a_key_names_that_key_and_every_store_reads_it(key: str,
 def bucket(backend: Backend) -> str:
     """A versioned bucket holding :data:`OBJECTS` (shared by the tests of one backend)."""
     s3 = backend.client()
-    name = f"copy-{uuid.uuid4().hex[:20]}"
-    s3.create_bucket(Bucket=name)
+    name = create_bucket(s3, "copy")
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     for key, body in OBJECTS.items():
         s3.put_object(Bucket=name, Key=key, Body=body)
@@ -264,9 +270,7 @@ def stub(
 ) -> Iterator[pb_grpc.UploadServiceStub]:
     """A gateway, in front of the counting proxy, with the policy of this module."""
     directory = tmp_path_factory.mktemp("copy-source")
-    tokens = directory / "tokens.yaml"
-    entries = [{"principal": p, "sha256": auth.hash_token(t)} for p, t in TOKENS.items()]
-    tokens.write_text(yaml.safe_dump({"tokens": entries}))
+    tokens = write_tokens(directory / "tokens.yaml", **TOKENS)
     policy = directory / "policy.yaml"
     principals = {
         "alice": [
@@ -313,9 +317,7 @@ def copy(
 def refused(
     stub: pb_grpc.UploadServiceStub, request: pb.UploadPartCopyRequest, principal: str
 ) -> Any:
-    with pytest.raises(grpc.RpcError) as caught:
-        copy(stub, request, principal)
-    return caught.value
+    return failure(lambda: copy(stub, request, principal))
 
 
 def complete_and_read(s3: Any, request: pb.UploadPartCopyRequest, etag: str) -> bytes:

@@ -32,6 +32,8 @@ from tests.helpers import (
     error_info,
     part_messages,
     part_stream,
+    sample_value,
+    scrape,
     upload_part_error,
 )
 
@@ -332,17 +334,14 @@ def test_reaper_aborts_only_uploads_older_than_the_limit(
 
 
 def test_reaper_works_for_general_purpose_buckets(
-    directory_gateway: GatewayThread, moto_bucket: str, moto_endpoint: str
+    directory_gateway: GatewayThread, moto_bucket: str, moto_s3: Any
 ) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     for key in ("a", "b"):
-        s3.create_multipart_upload(Bucket=moto_bucket, Key=key)
+        moto_s3.create_multipart_upload(Bucket=moto_bucket, Key=key)
     done = reap(directory_gateway.address, "--bucket", moto_bucket, "--older-than", "0s")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
-    assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
+    assert moto_s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
 
 
 @pytest.mark.parametrize("value", ["24", "h", "1.5h", "-1h", "24 h"])
@@ -355,8 +354,6 @@ def test_reaper_refuses_bad_durations(directory_gateway: GatewayThread, value: s
 async def test_metrics_tell_bucket_types_apart(
     zonal: ZonalServer, moto_endpoint: str, bucket: str, moto_bucket: str
 ) -> None:
-    from tests.test_metrics import scrape, value
-
     running = start_gateway(zonal, moto_endpoint)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
@@ -374,7 +371,7 @@ async def test_metrics_tell_bucket_types_apart(
         ("UploadPart", "directory", 1),
         ("CreateMultipartUpload", "general", 1),
     ):
-        assert value(m, duration, operation=operation, bucket_type=kind) == calls
+        assert sample_value(m, duration, operation=operation, bucket_type=kind) == calls
     assert (duration, frozenset({("operation", "UploadPart"), ("bucket_type", "general")})) not in m
-    assert value(m, "s3gateway_client_received_bytes_total", bucket_type="directory") == 1000
-    assert value(m, "s3gateway_part_size_bytes_count", bucket_type="directory") == 1
+    assert sample_value(m, "s3gateway_client_received_bytes_total", bucket_type="directory") == 1000
+    assert sample_value(m, "s3gateway_part_size_bytes_count", bucket_type="directory") == 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 from botocore import exceptions as boto
-from google.rpc import error_details_pb2
 
 from gateway import errors
 from gateway.errors import DOMAIN, from_s3_exception
+from tests.helpers import error_info, retry_info
 
 C = grpc.StatusCode
 
@@ -110,9 +110,8 @@ def test_unknown_no_such_upload_is_not_found_with_s3_details() -> None:
     )
     status = error.to_status_proto()
     assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
-    (detail,) = status.details
-    info = error_details_pb2.ErrorInfo()
-    assert detail.Unpack(info)
+    assert len(status.details) == 1
+    info = error_info(status)
     assert info.reason == "NO_SUCH_UPLOAD"
     assert info.domain == DOMAIN
     assert dict(info.metadata) == {
@@ -183,9 +182,8 @@ def test_retry_info_and_bad_request_details() -> None:
     proto = status.to_status_proto()
     kinds = [d.type_url.rsplit(".", 1)[-1] for d in proto.details]
     assert kinds == ["ErrorInfo", "RetryInfo"]
-    retry = error_details_pb2.RetryInfo()
-    proto.details[1].Unpack(retry)
-    assert retry.retry_delay.ToNanoseconds() > 0
+    retry = retry_info(proto)
+    assert retry is not None and retry.retry_delay.ToNanoseconds() > 0
 
     invalid = errors.InvalidRequest("part_number", "must be 1 to 10000").to_status_proto()
     assert [d.type_url.rsplit(".", 1)[-1] for d in invalid.details] == ["ErrorInfo", "BadRequest"]

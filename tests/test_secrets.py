@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,15 @@ from gateway.security import auth
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.gateway_process import gateway_process
-from tests.helpers import GatewayThread, bearer, data_message, failure, stub_for, write_tokens
+from tests.helpers import (
+    GatewayThread,
+    bearer,
+    data_message,
+    failure,
+    logged_metrics_port,
+    stub_for,
+    write_tokens,
+)
 
 
 def test_sse_c_keys_are_redacted_from_errors(
@@ -108,11 +115,7 @@ def test_secrets_never_reach_logs_metrics_or_errors(
                     seen.append(repr(call()))
                 except grpc.RpcError as error:
                     seen += [error.details() or "", repr(error.trailing_metadata()), repr(error)]
-        metrics_port = next(
-            int(m.group(1))
-            for line in gateway.log
-            if (m := re.search(r'"metrics_port": (\d+)', line))
-        )
+        metrics_port = logged_metrics_port(gateway.log)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
             seen.append(r.read().decode())
     seen += gateway.log

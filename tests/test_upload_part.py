@@ -29,6 +29,7 @@ from tests.helpers import (
     stream,
     trailer_message,
     upload_part_error,
+    wait_for_async,
 )
 
 Stub = pb_grpc.UploadServiceStub
@@ -294,7 +295,7 @@ async def test_declared_checksums_are_forwarded_to_s3(
 async def test_client_cancellation_commits_nothing_and_leaves_nothing_behind(
     gateway: GatewayThread, stub: Stub, upload: Upload, s3: S3Reader
 ) -> None:
-    await _wait_until(lambda: gateway.call_tasks() == set())  # calls of earlier tests are gone
+    await wait_for_async(lambda: gateway.call_tasks() == set(), "the calls of earlier tests gone")
     release = asyncio.Event()
 
     async def stalled_stream() -> Any:
@@ -304,14 +305,14 @@ async def test_client_cancellation_commits_nothing_and_leaves_nothing_behind(
         await release.wait()
 
     call = stub.UploadPart(stalled_stream())
-    await _wait_until(lambda: len(gateway.call_tasks()) > 0)
+    await wait_for_async(lambda: len(gateway.call_tasks()) > 0, "the call started")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
     release.set()
-    await _wait_until(lambda: gateway.call_tasks() == set())
+    await wait_for_async(lambda: gateway.call_tasks() == set(), "the cancelled call gone")
     assert s3.parts(upload.bucket, upload.key, upload.upload_id) == {}
-    await _wait_until(lambda: _s3_connections_in_use(gateway) == 0)
+    await wait_for_async(lambda: _s3_connections_in_use(gateway) == 0, "S3 connections released")
 
 
 async def test_deadline_commits_nothing(stub: Stub, upload: Upload, s3: S3Reader) -> None:
@@ -334,13 +335,6 @@ def _s3_connections_in_use(gateway: GatewayThread) -> float:
         metric(gateway, "s3gateway_s3_connections_in_use", pool=pool)
         for pool in ("data", "control")
     )
-
-
-async def _wait_until(condition: Any) -> None:
-    """Poll state that lives on the gateway's thread, which can signal no event to this loop."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 BAD_STREAMS: dict[str, Any] = {
