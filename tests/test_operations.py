@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,7 +23,17 @@ from gateway.config import describe
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.gateway_process import GatewayProcess, gateway_process
-from tests.helpers import GatewayThread, MiB, data_message, header_message, part_stream
+from tests.helpers import (
+    GatewayThread,
+    MiB,
+    data_message,
+    header_message,
+    logged_metrics_port,
+    part_stream,
+    sample_value,
+    scrape,
+    wait_for_async,
+)
 
 pytestmark = pytest.mark.backends("moto")
 
@@ -115,10 +124,20 @@ async def slow_part(
         await asyncio.sleep(pause)
 
 
-def parts_in(moto_endpoint: str, bucket: str, upload_id: str) -> list[int]:
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+def parts_in(s3: Any, bucket: str, upload_id: str) -> list[int]:
     response = s3.list_parts(Bucket=bucket, Key="k", UploadId=upload_id)
     return [p["PartNumber"] for p in response.get("Parts", [])]
+
+
+def part_messages_received(gateway: GatewayProcess) -> float:
+    """The UploadPart messages a gateway process has taken from its callers, from its /metrics."""
+    samples = scrape(logged_metrics_port(gateway.log))
+    labels = {"grpc_type": "client_stream", "grpc_service": SERVICE, "grpc_method": "UploadPart"}
+    return sample_value(samples, "grpc_server_msg_received_total", **labels)
+
+
+def logged(gateway: GatewayProcess, text: str) -> bool:
+    return text in "".join(list(gateway.log))
 
 
 async def start_upload(gateway: GatewayProcess, bucket: str) -> tuple[Any, Any, Any]:
@@ -131,28 +150,28 @@ async def start_upload(gateway: GatewayProcess, bucket: str) -> tuple[Any, Any, 
 
 
 async def test_sigterm_drains_then_lets_in_flight_streams_finish(
-    moto_endpoint: str, moto_bucket: str
+    moto_endpoint: str, moto_s3: Any, moto_bucket: str
 ) -> None:
     with gateway_process(
         "--s3-endpoint-url", moto_endpoint, "--drain-delay=1.5", "--shutdown-grace=10"
     ) as gateway:
         channel, stub, upload = await start_upload(gateway, moto_bucket)
         call = stub.UploadPart(slow_part(moto_bucket, upload.upload_id, chunks=6, pause=0.4))
-        await asyncio.sleep(0.3)
+        await wait_for_async(lambda: part_messages_received(gateway) >= 2, "the part under way")
         gateway.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await wait_for_async(lambda: logged(gateway, "draining"), "the gateway draining")
         assert await health_status(gateway.address) == NOT_SERVING  # still answering: draining
         response = await call  # finishes within the grace period
         await channel.close()
         assert gateway.process.wait(30) == 0
     assert response.etag == f'"{hashlib.md5(b"z" * 6 * MiB).hexdigest()}"'
-    assert parts_in(moto_endpoint, moto_bucket, upload.upload_id) == [1]
+    assert parts_in(moto_s3, moto_bucket, upload.upload_id) == [1]
     log = "".join(gateway.log)
     assert "draining" in log and "stopped" in log
 
 
 async def test_streams_still_running_after_the_grace_period_are_cancelled(
-    moto_endpoint: str, moto_bucket: str
+    moto_endpoint: str, moto_s3: Any, moto_bucket: str
 ) -> None:
     stall = asyncio.Event()
     with gateway_process(
@@ -160,7 +179,7 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
     ) as gateway:
         channel, stub, upload = await start_upload(gateway, moto_bucket)
         call = stub.UploadPart(slow_part(moto_bucket, upload.upload_id, 3, 0.05, stall))
-        await asyncio.sleep(0.5)
+        await wait_for_async(lambda: part_messages_received(gateway) == 3, "the part stalled")
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -170,19 +189,21 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
         await channel.close()
         assert gateway.process.wait(30) == 0
     assert caught.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-    assert parts_in(moto_endpoint, moto_bucket, upload.upload_id) == []
+    assert parts_in(moto_s3, moto_bucket, upload.upload_id) == []
 
 
-async def test_a_second_signal_stops_at_once(moto_endpoint: str, moto_bucket: str) -> None:
+async def test_a_second_signal_stops_at_once(
+    moto_endpoint: str, moto_s3: Any, moto_bucket: str
+) -> None:
     stall = asyncio.Event()
     with gateway_process(
         "--s3-endpoint-url", moto_endpoint, "--drain-delay=60", "--shutdown-grace=60"
     ) as gateway:
         channel, stub, upload = await start_upload(gateway, moto_bucket)
         call = stub.UploadPart(slow_part(moto_bucket, upload.upload_id, 3, 0.05, stall))
-        await asyncio.sleep(0.5)
+        await wait_for_async(lambda: part_messages_received(gateway) == 3, "the part stalled")
         gateway.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await wait_for_async(lambda: logged(gateway, "draining"), "the gateway draining")
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.aio.AioRpcError):
@@ -191,7 +212,7 @@ async def test_a_second_signal_stops_at_once(moto_endpoint: str, moto_bucket: st
         assert time.monotonic() - started < 10
         stall.set()
         await channel.close()
-    assert parts_in(moto_endpoint, moto_bucket, upload.upload_id) == []
+    assert parts_in(moto_s3, moto_bucket, upload.upload_id) == []
     assert "second signal" in "".join(gateway.log)
 
 

@@ -10,14 +10,12 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import grpc
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.gateway_process import stop
-from tests.helpers import part_messages
+from tests.helpers import create_bucket, part_messages, wait_for
 
 _SERVE = (sys.executable, "-m", "gateway", "serve")
 #: Seconds a two-worker gateway gets to start (spawned interpreters import grpc, aiobotocore…).
@@ -113,6 +111,12 @@ def is_running(pid: int) -> bool:
         return False
 
 
+def draining_workers(pool: Pool) -> list[int]:
+    """The workers that logged they are draining."""
+    records = pool.records()
+    return [r["worker"] for r in records if "worker" in r and r["message"].startswith("draining")]
+
+
 def fresh_channel(address: str) -> grpc.Channel:
     """A channel with its own connection: gRPC otherwise shares subchannels across channels."""
     return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -127,10 +131,8 @@ def handled_by_worker(text: str) -> Counter[str]:
     return handled
 
 
-def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    bucket = f"workers-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
+def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str, moto_s3: Any) -> None:
+    bucket = create_bucket(moto_s3, "workers")
     with worker_pool(moto_endpoint) as pool:
         serving = [r for r in pool.records() if "serving gateway.v1.UploadService" in r["message"]]
         assert sorted(r["worker"] for r in serving) == [0, 1]
@@ -167,7 +169,7 @@ def test_workers_share_the_port_and_merge_their_metrics(moto_endpoint: str) -> N
                 ),
                 timeout=10,
             )
-        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == data
+        assert moto_s3.get_object(Bucket=bucket, Key="k")["Body"].read() == data
 
         text = pool.metrics()
         families = list(text_string_to_metric_families(text))
@@ -230,7 +232,12 @@ def test_sigterm_while_workers_start_stops_them_once_they_serve(moto_endpoint: s
 def test_a_second_sigterm_reaches_the_workers(moto_endpoint: str) -> None:
     with worker_pool(moto_endpoint, "--drain-delay", "60") as pool:
         pool.process.send_signal(signal.SIGTERM)
-        time.sleep(1)
+        wait_for(
+            lambda: sorted(draining_workers(pool)) == [0, 1],
+            "both workers draining",
+            _START_TIMEOUT,
+            detail=lambda: "".join(pool.log),
+        )
         assert pool.process.poll() is None  # draining for 60 s
         started = time.monotonic()
         pool.process.send_signal(signal.SIGTERM)
