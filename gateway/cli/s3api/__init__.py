@@ -14,10 +14,9 @@ Design:
   typed by the member's shape, required members as in the model); its output shape gives the JSON
   keys and their order (header members first, as botocore's REST-XML parser produces them); the
   paginator model drives auto-pagination. Nothing is written out per option or per output field.
-* S3 member names and proto fields match by name with case and underscores ignored (``ETag`` is
-  ``etag``, ``ChecksumCRC32C`` is ``checksum_crc32c``, ``SSEKMSKeyId`` is ``ssekms_key_id``). The
-  one structural difference is explicit: ``MultipartUpload.Parts`` of CompleteMultipartUpload is
-  the request's ``parts`` field.
+* S3 members and proto fields map as the gateway maps them, both ways, in :mod:`gateway.convert`
+  (``ETag`` is ``etag``, ``SSEKMSKeyId`` is ``ssekms_key_id``; CompleteMultipartUpload's
+  ``MultipartUpload.Parts`` is the request's ``parts`` field).
 * Commands work on S3-shaped dictionaries as the aws CLI does: options (JSON or shorthand, values
   from ``file://``) and ``--cli-input-json`` merge into a parameter dict, which becomes the request
   message; the response message becomes an output dict, which is paginated, filtered with
@@ -32,7 +31,8 @@ Design:
 * Output values are printed as the aws CLI v1 prints them with its default settings: timestamps
   verbatim as S3 sends them (``2024-05-01T12:00:00.000Z`` in XML bodies, RFC 822 in headers), enums
   as S3's strings. Proto3 cannot tell an empty string or a 0 from an absent member, so those are
-  omitted, except the few integers S3 always sends (``_ZERO_IS_A_VALUE``); bools always print.
+  omitted (:func:`gateway.convert.to_response`), except the few integers S3 always sends; bools
+  always print.
 * Errors print as the aws CLI prints them, with S3's error code and message when S3 answered (the
   ErrorInfo's ``s3ErrorCode``), else the gateway's ErrorInfo reason, else the gRPC code. A call
   that never reached the gateway (no rich status: connection refused, TLS failure, deadline) is
@@ -65,7 +65,7 @@ import shutil
 import sys
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn, TypeVar, cast
 
@@ -75,18 +75,16 @@ from awscrt import checksums as crt
 from botocore import xform_name
 from botocore.exceptions import DataNotFoundError
 from botocore.loaders import Loader
-from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
+from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 from botocore.utils import ArgumentGenerator, parse_to_aware_datetime
 from google.protobuf import text_format
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from gateway import checksums
+from gateway import checksums, convert
 from gateway.cli.connection import add_connection_options, open_channel
 from gateway.exits import ConnectionFailure, ExitCode, UsageError
 from gateway.v1 import upload_service_pb2 as pb
@@ -101,11 +99,6 @@ CHUNK_SIZE = 1024 * 1024
 _SERVICE_NAME = "gateway.v1.UploadService"
 _DEFAULT_CONNECT_TIMEOUT = 60.0
 
-#: Request members that the proto flattens: CompletedMultipartUpload is only its ``Parts``.
-_FLATTENED = {"MultipartUpload": "Parts"}
-#: Integer members S3 always sends, where 0 is a real value (an empty part's Size, the first
-#: page's PartNumberMarker); proto3 cannot tell them from unset.
-_ZERO_IS_A_VALUE = frozenset({"Size", "PartNumberMarker"})
 #: Operations whose SSE-C key botocore base64-encodes and hashes (its sse_md5 handlers).
 _SSE_KEY_PREFIXES: Mapping[str, tuple[str, ...]] = {
     "CreateMultipartUpload": ("SSECustomer",),
@@ -114,7 +107,6 @@ _SSE_KEY_PREFIXES: Mapping[str, tuple[str, ...]] = {
     "CompleteMultipartUpload": ("SSECustomer",),
 }
 _REDACTED_FIELDS = frozenset({"sse_customer_key", "copy_source_sse_customer_key"})
-_HEADER_LOCATIONS = frozenset({"header", "headers", "statusCode"})
 _LOG_FORMAT = "%(asctime)s - %(threadName)s - %(name)s - %(levelname)s - %(message)s"
 _USAGE_BANNER = """\
 usage: {top} [options] <command> [parameters]
@@ -152,12 +144,6 @@ COMMANDS: tuple[Command, ...] = (
 
 
 @functools.cache
-def service_model() -> ServiceModel:
-    """botocore's S3 model, loaded once."""
-    return ServiceModel(Loader().load_service_model("s3", "service-2"), service_name="s3")
-
-
-@functools.cache
 def _paginators() -> Mapping[str, Any]:
     try:
         model = Loader().load_service_model("s3", "paginators-1")
@@ -168,7 +154,7 @@ def _paginators() -> Mapping[str, Any]:
 
 
 def operation_model(command: Command) -> OperationModel:
-    return service_model().operation_model(command.operation)
+    return convert.service_model().operation_model(command.operation)
 
 
 def paginator_config(command: Command) -> Mapping[str, Any] | None:
@@ -188,44 +174,7 @@ def _output_shape(command: Command) -> StructureShape:
     return shape
 
 
-def _members(shape: Shape) -> Mapping[str, Shape]:
-    members: Mapping[str, Shape] = cast(StructureShape, shape).members
-    return members
-
-
 # --- S3 member <-> proto field -------------------------------------------------------------------
-
-
-@functools.cache
-def _fields_by_key(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
-    return {f.name.replace("_", ""): f for f in descriptor.fields}
-
-
-def proto_field(message: Message | type[Message], member: str) -> FieldDescriptor | None:
-    """The field of the message carrying the S3 member, or None when the proto has none."""
-    fields = _fields_by_key(cast(Descriptor, message.DESCRIPTOR))
-    return fields.get(_FLATTENED.get(member, member).lower())
-
-
-def _is_timestamp(fd: FieldDescriptor) -> bool:
-    return fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp"
-
-
-def _is_map(fd: FieldDescriptor) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
-def _is_repeated(fd: FieldDescriptor) -> bool:
-    return fd.is_repeated and not _is_map(fd)
-
-
-def _enum(fd: FieldDescriptor) -> EnumDescriptor:
-    assert fd.enum_type is not None
-    return fd.enum_type
-
-
-def _enum_prefix(fd: FieldDescriptor) -> str:
-    return str(_enum(fd).values_by_number[0].name).removesuffix("UNSPECIFIED")
 
 
 def command_members(command: Command) -> dict[str, Shape]:
@@ -233,7 +182,7 @@ def command_members(command: Command) -> dict[str, Shape]:
     return {
         name: shape
         for name, shape in _input_shape(command).members.items()
-        if proto_field(command.request, name) is not None or _is_streaming(shape)
+        if convert.field_of(command.request, name) is not None or _is_streaming(shape)
     }
 
 
@@ -715,61 +664,6 @@ class _Shorthand:
         return False
 
 
-# --- parameters -> request message ---------------------------------------------------------------
-
-
-def fill_message(message: Message, params: Mapping[str, Any], shape: StructureShape) -> None:
-    """Set the fields of ``message`` from typed S3 parameters of ``shape``."""
-    for name, value in params.items():
-        fd = proto_field(message, name)
-        if fd is None:
-            continue
-        member_shape = shape.members[name]
-        if name in _FLATTENED:
-            member_shape = _members(member_shape)[_FLATTENED[name]]
-            value = value.get(_FLATTENED[name], [])
-        _set_field(message, fd, value, member_shape, name)
-
-
-def _set_field(message: Message, fd: FieldDescriptor, value: Any, shape: Shape, name: str) -> None:
-    target = getattr(message, fd.name)
-    if _is_map(fd):
-        target.update(value)
-    elif _is_repeated(fd):
-        item_shape = cast(ListShape, shape).member
-        for item in value:
-            fill_message(target.add(), item, cast(StructureShape, item_shape))
-    elif _is_timestamp(fd):
-        cast(Timestamp, target).FromDatetime(value)
-    elif fd.message_type is not None:
-        fill_message(target, value, cast(StructureShape, shape))
-    elif fd.enum_type is not None:
-        setattr(message, fd.name, _enum_number(fd, value, name))
-    else:
-        setattr(message, fd.name, _scalar_for(fd, value, name))
-
-
-def _enum_number(fd: FieldDescriptor, value: str, name: str) -> int:
-    found = _enum(fd).values_by_name.get(_enum_prefix(fd) + value.upper())
-    if found is None or found.number == 0:
-        known = [v.name.removeprefix(_enum_prefix(fd)) for v in _enum(fd).values[1:]]
-        raise UsageError(
-            f"Invalid value for parameter {name}: {value!r}; valid values: {', '.join(known)}"
-        )
-    return int(found.number)
-
-
-def _scalar_for(fd: FieldDescriptor, value: Any, name: str) -> Any:
-    if fd.type == FieldDescriptor.TYPE_STRING:
-        if isinstance(value, bytes):
-            try:
-                return value.decode()
-            except UnicodeDecodeError:
-                raise UsageError(f"Invalid value for parameter {name}: not UTF-8") from None
-        return str(value)
-    return value
-
-
 def _encode_sse_keys(command: Command, params: dict[str, Any]) -> None:
     """Do what botocore's sse_md5 handlers do: when the key's MD5 is not given, the key is the raw
     key, sent base64-encoded with the base64 of its MD5."""
@@ -786,81 +680,16 @@ def build_request(command: Command, params: Mapping[str, Any]) -> Message:
     """The request message (the header, for upload-part) for typed S3 parameters."""
     typed = dict(params)
     _encode_sse_keys(command, typed)
-    message = command.request()
-    fill_message(message, typed, _input_shape(command))
-    return message
-
-
-# --- response message -> output ------------------------------------------------------------------
-
-
-def message_to_output(message: Message, shape: StructureShape) -> dict[str, Any]:
-    """The dict the aws CLI prints for this response: S3 member names, in the order botocore's
-    REST-XML parser produces them (header members first), only the members that are set."""
-    members = list(shape.members.items())
-    ordered = [m for m in members if m[1].serialization.get("location") in _HEADER_LOCATIONS]
-    ordered += [m for m in members if m[1].serialization.get("location") not in _HEADER_LOCATIONS]
-    return _structure_output(message, ordered)
-
-
-def _structure_output(message: Message, members: Iterable[tuple[str, Shape]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, shape in members:
-        fd = proto_field(message, name)
-        if fd is None:
-            continue
-        value = _field_output(message, fd, shape, name)
-        if value is not None:
-            result[name] = value
-    return result
-
-
-def _field_output(message: Message, fd: FieldDescriptor, shape: Shape, name: str) -> Any:
-    value = getattr(message, fd.name)
-    if _is_map(fd):
-        return dict(value) or None
-    if _is_repeated(fd):
-        item_shape = cast(ListShape, shape).member
-        return [_item_output(item, item_shape) for item in value] or None
-    if fd.message_type is not None:
-        if not message.HasField(fd.name):
-            return None
-        if _is_timestamp(fd):
-            return format_timestamp(value.ToDatetime(tzinfo=dt.UTC), shape)
-        return _structure_output(value, _members(shape).items())
-    if fd.has_presence and not message.HasField(fd.name):
-        return None
-    return _scalar_output(value, fd, shape, name)
-
-
-def _item_output(item: Any, shape: Shape) -> Any:
-    if isinstance(item, Message):
-        return _structure_output(item, _members(shape).items())
-    if shape.type_name == "structure":
-        # A one-member structure the proto flattens to its value (CommonPrefixes).
-        return {next(iter(_members(shape))): item}
-    return item
-
-
-def _scalar_output(value: Any, fd: FieldDescriptor, shape: Shape, name: str) -> Any:
-    if fd.enum_type is not None:
-        return (
-            _enum(fd).values_by_number[value].name.removeprefix(_enum_prefix(fd)) if value else None
-        )
-    if fd.type == FieldDescriptor.TYPE_BOOL:
-        return bool(value)
-    if value in ("", 0) and not (value == 0 and name in _ZERO_IS_A_VALUE):
-        return None
-    if shape.type_name in ("integer", "long"):
-        return int(value)
-    return value
+    try:
+        return convert.from_params(typed, command.request(), command.operation)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def format_timestamp(value: dt.datetime, shape: Shape) -> str:
     """A timestamp as the aws CLI v1 prints it by default: verbatim as S3 sent it, i.e. ISO 8601
     with milliseconds and Z in XML bodies, RFC 822 in headers."""
-    location = shape.serialization.get("location")
-    default = "rfc822" if location in _HEADER_LOCATIONS else "iso8601"
+    default = "rfc822" if convert.in_headers(shape) else "iso8601"
     form = shape.serialization.get("timestampFormat") or default
     if form == "rfc822":
         return email.utils.format_datetime(value, usegmt=True)
@@ -932,7 +761,7 @@ class Gateway:
             method = getattr(self.stub, self.command.operation)
             response = method(request, timeout=self.timeout)
         log.debug("Response: %s", _loggable(response))
-        return message_to_output(response, _output_shape(self.command))
+        return convert.to_response(response, self.command.operation, format_timestamp)
 
     def _upload_part(self, params: dict[str, Any]) -> Message:
         body = params.pop("Body", None)
