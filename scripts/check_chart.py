@@ -105,8 +105,25 @@ METRICS = frozenset(
         *HISTOGRAMS,
     }
 )
-_SERIES = METRICS | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
-_METRIC_TOKEN = re.compile(r"\b(?:grpc_server|s3gateway)_[a-z0-9_]+")
+#: prometheus_client's process collector (Linux) and platform collector, which the gateway
+#: registers too; under `serve --workers N`, one set per worker.
+RUNTIME_METRICS = frozenset(
+    {
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "python_info",
+    }
+)
+_SERIES = (
+    METRICS
+    | RUNTIME_METRICS
+    | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
+)
+_METRIC_TOKEN = re.compile(r"\b(?:(?:grpc_server|s3gateway|process)_[a-z0-9_]+|python_info)\b")
 _SEVERITIES = ("critical", "warning", "info")
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
@@ -518,7 +535,7 @@ def docs_problems(alerts: Any, operations: str) -> list[str]:
     ]
     return [
         f"{OPERATIONS.relative_to(ROOT)} does not mention {name}"
-        for name in [*sorted(METRICS), *alert_names]
+        for name in [*sorted(METRICS | RUNTIME_METRICS), *alert_names]
         if f"`{name}`" not in operations
     ]
 

@@ -719,5 +719,5 @@ def test_alerts_and_dashboard_know_the_gateway_metrics() -> None:
     exported = {f.name + "_total" if f.type == "counter" else f.name for f in families}
     # Added by `serve --workers N` when it merges workers.
     supervisor = {"s3gateway_worker_up", "s3gateway_worker_restarts_total"}
-    assert exported | supervisor == chart.METRICS
+    assert exported | supervisor == chart.METRICS | chart.RUNTIME_METRICS
     assert {f.name for f in families if f.type == "histogram"} == chart.HISTOGRAMS

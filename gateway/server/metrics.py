@@ -1,11 +1,15 @@
 """Prometheus metrics: go-grpc-prometheus's server metrics and the gateway's own ``s3gateway_*``.
 
 Everything lives in one :class:`Metrics` object with its own registry (nothing global), served on
-a separate HTTP port. The gRPC metrics carry go-grpc-prometheus's exact names and labels, so
-existing dashboards work; they come from :class:`MetricsInterceptor`, which counts
-client-streaming calls message by message and reads the final code of calls that ended with
-``context.abort``. Labels are bounded: operation, outcome, algorithm, bucket type, a fixed set of
-S3 error codes — never bucket, key or upload id.
+a separate HTTP port, next to prometheus_client's process and platform collectors (``process_*``:
+memory, CPU, open file descriptors; ``python_info``). The gRPC metrics carry go-grpc-prometheus's
+exact names and labels, so existing dashboards work; they come from :class:`MetricsInterceptor`,
+which counts client-streaming calls message by message and reads the final code of calls that
+ended with ``context.abort``. Labels are bounded: operation, outcome, algorithm, bucket type, a
+fixed set of S3 error codes — never bucket, key or upload id.
+
+No metric exports a ``_created`` series: counters and histograms would each carry one more series,
+the Unix time the series was first touched, which no dashboard or alert reads.
 """
 
 from __future__ import annotations
@@ -16,13 +20,25 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway import __version__
 from gateway.buckets import is_directory_bucket
 from gateway.errors import ADMISSION_REASONS, S3_ERROR_CODES, S3_PATH_REASONS
 from gateway.units import MiB
+
+# A switch of prometheus_client's, for the whole process (the exposition reads it at scrape time).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: grpc_code label values, spelled as Go's codes.Code String() spells them.
 GO_CODE_NAMES = {
@@ -172,6 +188,10 @@ class Metrics:
             "s3gateway_build_info", "The gateway's version, always 1.", ("version",), registry=r
         )
         self.build_info.labels(__version__).set(1)
+        # process_* (this process's memory, CPU, file descriptors; from /proc, so Linux only) and
+        # python_info; under `serve --workers N`, one set per worker.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def watch(self, file: str, watcher: Any) -> None:
         """Export the ``reloads`` / ``reload_failures`` counts of a file watcher (TLS files,

@@ -9,7 +9,10 @@ that host:port with ``grpc.so_reuseport`` on, so the kernel spreads new connecti
 Each worker serves its own /metrics on a loopback port and reports its ports through a pipe once
 started. The supervisor serves GATEWAY_METRICS_ADDRESS: on every scrape it reads every worker's
 /metrics and exposes the union, each sample with a ``worker="0".."N-1"`` label (sum over it in
-PromQL), plus ``s3gateway_worker_up{worker}`` and ``s3gateway_worker_restarts_total{worker}``.
+PromQL), plus ``s3gateway_worker_up{worker}`` and ``s3gateway_worker_restarts_total{worker}``. The
+``process_*`` series (memory, CPU, file descriptors) and ``python_info`` are each worker's own, so
+they come out per worker too; the supervisor exports none of its own. No worker exports ``_created``
+series, so every family's samples come out series by series, as OpenMetrics requires.
 
 Restarts: a worker that dies after it started serving (killed, crashed, or exited on its own) is
 started again under the same index on the same port, while the others keep serving; the
@@ -193,7 +196,7 @@ class WorkerMetrics:
             for (worker, _), worker_families in zip(targets, parsed, strict=True):
                 up.add_metric([str(worker)], 0 if worker_families is None else 1)
                 _merge(families, worker_families or [], str(worker))
-        yield from _fold_created(families).values()
+        yield from families.values()
         yield up
         restarted = CounterMetricFamily(
             "s3gateway_worker_restarts",
@@ -232,28 +235,6 @@ def _merge(families: dict[str, Metric], worker_families: Iterable[Metric], worke
         merged.samples.extend(
             sample._replace(labels={**sample.labels, "worker": worker}) for sample in family.samples
         )
-
-
-def _fold_created(families: dict[str, Metric]) -> dict[str, Metric]:
-    """Put ``X_created`` back into its counter, histogram or summary ``X``: the text format
-    exposes it as a gauge of its own, which the parser reads as a separate family; OpenMetrics
-    wants it inside ``X``, next to the series it belongs to."""
-    for name in [n for n, f in families.items() if n.endswith("_created") and f.type == "gauge"]:
-        base = families.get(name.removesuffix("_created"))
-        if base is not None and base.type in ("counter", "histogram", "summary"):
-            base.samples.extend(families.pop(name).samples)
-            base.samples[:] = _grouped(base.samples)
-    return families
-
-
-def _grouped(samples: list[Any]) -> list[Any]:
-    """Samples of one series together (buckets, count, sum, created), as OpenMetrics requires,
-    in the order they came."""
-    series: dict[frozenset[tuple[str, str]], list[Any]] = {}
-    for sample in samples:
-        key = frozenset((k, v) for k, v in sample.labels.items() if k not in ("le", "quantile"))
-        series.setdefault(key, []).append(sample)
-    return [sample for group in series.values() for sample in group]
 
 
 class RestartBackoff:
