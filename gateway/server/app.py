@@ -14,12 +14,14 @@ import contextlib
 import importlib.util
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 from aiobotocore.session import get_session
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["UploadService"].full_name
 #: Credentials the gateway uses against its embedded S3 (moto accepts any).
 EMBEDDED_CREDENTIALS = ("embedded", "embedded")
+#: Server reflection's stable version, which grpcurl and other clients ask for first; the gateway
+#: serves it next to v1alpha (reflection.SERVICE_NAME), which older clients ask for.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+#: The file that declares it, as grpc-proto names it.
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 class Gateway:
@@ -156,7 +163,7 @@ class Gateway:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             services.append(health.SERVICE_NAME)
         if settings.reflection:
-            reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
+            enable_reflection(services, server)
         return server
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0) -> None:
@@ -179,6 +186,54 @@ class Gateway:
         self._hurry.set()
         if self._server is not None:
             await self._server.stop(0)
+
+
+def enable_reflection(services: Iterable[str], server: grpc.aio.Server) -> None:
+    """Serve server reflection of ``services`` (and of itself), as grpc.reflection.v1 and as
+    grpc.reflection.v1alpha.
+
+    grpcio-reflection implements v1alpha only (grpc/grpc#38576). v1 is the same protocol under
+    another package: the same messages, field for field, so one servicer answers both, with
+    v1alpha's messages on the wire. v1's own descriptors join the default pool, so that a client can
+    describe the service it reflects through.
+    """
+    reflection_v1_file()
+    names = (*services, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    v1 = grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": method})
+    server.add_generic_rpc_handlers((v1,))
+
+
+def reflection_v1_file() -> FileDescriptor:
+    """grpc/reflection/v1/reflection.proto, added to the default descriptor pool on first use:
+    v1alpha's file with its package, and every type named in it, renamed, and not deprecated."""
+    pool = descriptor_pool.Default()
+    with contextlib.suppress(KeyError):
+        return pool.FindFileByName(REFLECTION_V1_FILE)
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = f".{proto.package}.", f".{REFLECTION_V1.rpartition('.')[0]}."
+    proto.name = REFLECTION_V1_FILE
+    proto.package = new.strip(".")
+    proto.options.java_package = proto.options.java_package.replace("v1alpha", "v1")
+    proto.options.go_package = proto.options.go_package.replace("v1alpha", "v1")
+    proto.options.ClearField("deprecated")
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(old, new, 1)
+    for service in proto.service:
+        for rpc in service.method:
+            rpc.input_type = rpc.input_type.replace(old, new, 1)
+            rpc.output_type = rpc.output_type.replace(old, new, 1)
+    pool.AddSerializedFile(proto.SerializeToString())
+    return pool.FindFileByName(REFLECTION_V1_FILE)
 
 
 def plaintext_warning(settings: Settings) -> str | None:
