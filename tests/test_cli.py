@@ -26,8 +26,8 @@ import pytest
 from awscrt import checksums as crt
 
 from gateway.cli import build_parser
-from gateway.cli import s3api as s3api_cli
 from gateway.cli.connection import Endpoint
+from gateway.cli.s3api import COMMANDS, output, pagination, shorthand
 from gateway.exits import UsageError
 from tests.cli_helpers import (
     Certificate,
@@ -499,12 +499,12 @@ def test_shorthand_json_and_cli_input_json(
             endpoint=gateway_address,
         )
     )
-    shorthand = f"Parts=[{{ETag={part['ETag']},PartNumber=1}}]"
+    parts = f"Parts=[{{ETag={part['ETag']},PartNumber=1}}]"
     completed = gateway_cli(
         "complete-multipart-upload",
         *upload,
         "--multipart-upload",
-        shorthand,
+        parts,
         endpoint=gateway_address,
     )
     assert output_of(completed)["Key"] == KEY
@@ -606,14 +606,12 @@ def test_every_aws_option_has_a_counterpart() -> None:
         "--cli-read-timeout",
         "--cli-connect-timeout",
     }
-    for command in s3api_cli.COMMANDS:
+    for command in COMMANDS:
         shape = model["shapes"][model["operations"][command.operation]["input"]["shape"]]
         wanted = {"--" + xform_name(member, "-") for member in shape["members"]} | common
         assert wanted <= options[command.name], command.name
         # ... and every member of the project's model reaches the proto.
-        assert set(s3api_cli.command_members(command)) == set(
-            s3api_cli.operation_model(command).input_shape.members
-        )
+        assert set(command.members) == set(command.input_shape.members)
     assert {"--starting-token", "--page-size", "--max-items"} <= options["list-parts"]
     assert "--no-bucket-key-enabled" in options["create-multipart-upload"]
 
@@ -633,13 +631,15 @@ def test_every_aws_option_has_a_counterpart() -> None:
     ],
 )
 def test_shorthand(text: str, parsed: dict[str, Any]) -> None:
-    assert s3api_cli.parse_shorthand(text) == parsed
+    from awscli.shorthand import ShorthandParser  # type: ignore[import-untyped]
+
+    assert shorthand.parse_shorthand(text) == parsed == ShorthandParser().parse(text)
 
 
 @pytest.mark.parametrize("text", ["a", "a=[1", "a={b=1", "a='open", "=1"])
 def test_shorthand_errors(text: str) -> None:
     with pytest.raises(ValueError):
-        s3api_cli.parse_shorthand(text)
+        shorthand.parse_shorthand(text)
 
 
 _SAMPLES: list[Any] = [
@@ -681,10 +681,10 @@ def test_text_and_table_formats_are_awscli_formats(
     monkeypatch.setattr(awscli.table, "determine_terminal_width", lambda: 80)
     args = argparse.Namespace(query=None, color="off")
     for formatter, ours in (
-        (TextFormatter(args), "".join(f"{line}\n" for line in s3api_cli.text_lines(data))),
+        (TextFormatter(args), "".join(f"{line}\n" for line in output.text_lines(data))),
         (
             TableFormatter(args),
-            "".join(f"{line}\n" for line in s3api_cli.table_lines("Op", data, 80)),
+            "".join(f"{line}\n" for line in output.table_lines("Op", data, 80)),
         ),
     ):
         stream = io.StringIO()
@@ -706,8 +706,8 @@ def test_endpoint_urls() -> None:
 
 
 def test_next_token_is_botocores() -> None:
-    token = s3api_cli.encode_token({"PartNumberMarker": None, "boto_truncate_amount": 1})
+    token = pagination.encode_token({"PartNumberMarker": None, "boto_truncate_amount": 1})
     assert token == "eyJQYXJ0TnVtYmVyTWFya2VyIjogbnVsbCwgImJvdG9fdHJ1bmNhdGVfYW1vdW50IjogMX0="
-    assert s3api_cli.decode_token(token, ["PartNumberMarker"]) == ({"PartNumberMarker": None}, 1)
+    assert pagination.decode_token(token, ["PartNumberMarker"]) == ({"PartNumberMarker": None}, 1)
     with pytest.raises(UsageError):
-        s3api_cli.decode_token("not a token", ["PartNumberMarker"])
+        pagination.decode_token("not a token", ["PartNumberMarker"])
