@@ -11,9 +11,11 @@
 3. values.yaml: every value has a comment that starts with its name, every value is typed in
    values.schema.json and every schema property has a value; every `enabled` toggle that is off by
    default is turned on by a ci/*-values.yaml of its own.
-4. deploy/prometheus/alerts.yaml: its structure and metric names; the chart's files/alerts.yaml is
-   an identical copy, and the rendered PrometheusRule carries exactly those rules; `promtool check
-   rules` and `promtool test rules` (deploy/prometheus/alerts_test.yaml).
+4. deploy/prometheus/alerts.yaml: its structure and metric names; the chart's PrometheusRule,
+   rendered from files/alerts.yaml with the gateway's own defaults for the settings its thresholds
+   derive from (GATEWAY_DEFAULTS), carries exactly those rules; `promtool check rules` of both
+   (the chart's as every ci/*-values.yaml renders it) and `promtool test rules`
+   (deploy/prometheus/alerts_test.yaml).
 5. deploy/grafana/s3-upload-gateway.json: its structure and metric names, and every query parses
    (promtool, as recording rules). deploy/docker-compose.yaml parses and mounts files that exist;
    `promtool check config` of its Prometheus configuration.
@@ -73,6 +75,15 @@ DEFAULTS_REFUSED = (
 )
 #: Kinds the chart renders that kubernetes-validate has no schema for: Prometheus Operator CRDs.
 SKIPPED_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
+#: Values under which the chart's alert thresholds are the gateway's own defaults' (values.yaml
+#: sets config.maxBufferBytes for the default memory limit): deploy/prometheus/alerts.yaml's.
+GATEWAY_DEFAULTS: dict[str, Any] = {
+    "prometheusRule.enabled": True,
+    "config.maxBufferBytes": None,
+    "config.streamWindow": None,
+    "config.maxMessageSize": None,
+    "config.maxStreams": None,
+}
 
 #: The gateway's metric families (go-grpc-prometheus names, then its own), with histogram series.
 HISTOGRAMS = frozenset(
@@ -410,21 +421,26 @@ def alerts_problems(rules: Any, where: str) -> list[str]:
     return problems
 
 
-def alerts_sync_problems(manifests: Iterable[dict[str, Any]]) -> list[str]:
-    """The chart's copy of the alerts is identical, and the PrometheusRule renders exactly it."""
-    problems = []
-    if CHART_ALERTS.read_bytes() != ALERTS.read_bytes():
-        problems.append(
-            f"{CHART_ALERTS.relative_to(ROOT)} differs from {ALERTS.relative_to(ROOT)}: "
-            f"cp {ALERTS.relative_to(ROOT)} {CHART_ALERTS.relative_to(ROOT)}"
-        )
-    expected = yaml.safe_load(ALERTS.read_text())
+def rules_of(manifests: Iterable[dict[str, Any]]) -> Any:
+    """The spec of the one PrometheusRule among ``manifests``; None when there is not one."""
     rules = find(manifests, "PrometheusRule")
-    if len(rules) != 1:
-        problems.append(f"expected one PrometheusRule, rendered {len(rules)}")
-    elif rules[0].get("spec") != expected:
-        problems.append("the rendered PrometheusRule's spec differs from alerts.yaml")
-    return problems
+    return rules[0].get("spec") if len(rules) == 1 else None
+
+
+def alerts_sync_problems() -> list[str]:
+    """The chart's PrometheusRule, rendered with the gateway's own defaults, is alerts.yaml."""
+    try:
+        rendered = rules_of(render([MINIMAL], set_values=GATEWAY_DEFAULTS))
+    except CheckError as exc:
+        return [f"the PrometheusRule with the gateway's defaults: {exc}"]
+    if rendered is None:
+        return ["the chart rendered no single PrometheusRule with prometheusRule.enabled"]
+    if rendered != yaml.safe_load(ALERTS.read_text()):
+        return [
+            f"{CHART_ALERTS.relative_to(ROOT)}, rendered with the gateway's defaults, differs "
+            f"from {ALERTS.relative_to(ROOT)}: change both"
+        ]
+    return []
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -576,7 +592,8 @@ def run_checks() -> tuple[list[str], list[str]]:
     notes.append(f"Kubernetes schemas: {KUBE_VERSION} (kubernetes-validate, strict)")
 
     ci_files = ci_values_files()
-    everything: list[dict[str, Any]] = []
+    #: The PrometheusRule's spec as each ci/*-values.yaml that has one renders it.
+    chart_rules: dict[str, Any] = {}
     problems += defaults_problems()
     notes.append("defaults: refused, as they must be (no TLS or plaintext, no policy or allowAll)")
     if MINIMAL not in ci_files:
@@ -592,11 +609,12 @@ def run_checks() -> tuple[list[str], list[str]]:
         problems += manifest_problems(manifests, source)
         kinds = sorted({m["kind"] for m in manifests})
         notes.append(f"{source}: {len(manifests)} manifests ({', '.join(kinds)})")
-        if values_file.name == "all-values.yaml":
-            everything = manifests
+        if (rules := rules_of(manifests)) is not None:
+            chart_rules[source] = rules
+            problems += alerts_problems(rules, f"{source}: PrometheusRule")
     notes.append(f"not validated (CRDs): {', '.join(sorted(SKIPPED_KINDS))}")
-    if not everything:
-        problems.append("ci/all-values.yaml did not render: the PrometheusRule went unchecked")
+    if "ci/all-values.yaml" not in chart_rules:
+        problems.append("ci/all-values.yaml rendered no PrometheusRule: its rules went unchecked")
 
     values_text = (CHART / "values.yaml").read_text()
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -605,8 +623,7 @@ def run_checks() -> tuple[list[str], list[str]]:
 
     alerts = _parse(ALERTS, yaml.safe_load, problems)
     problems += alerts_problems(alerts, str(ALERTS.relative_to(ROOT)))
-    if everything:
-        problems += alerts_sync_problems(everything)
+    problems += alerts_sync_problems()
     dashboard = _parse(DASHBOARD, json.loads, problems)
     problems += dashboard_problems(dashboard)
     problems += compose_problems(_parse(COMPOSE, yaml.safe_load, problems))
@@ -619,7 +636,7 @@ def run_checks() -> tuple[list[str], list[str]]:
         notes.append("NOTICE: promtool unavailable (no apt-get): rules checked in Python only")
     else:
         notes.append(f"promtool: {_run([promtool, '--version']).splitlines()[0]}")
-        problems += _promtool_problems(promtool, dashboard)
+        problems += _promtool_problems(promtool, dashboard, chart_rules)
     return problems, notes
 
 
@@ -632,8 +649,16 @@ def _parse(path: Path, parse: Any, problems: list[str]) -> Any:
         return None
 
 
-def _promtool_problems(promtool: Path, dashboard: Any) -> list[str]:
+def _promtool_problems(promtool: Path, dashboard: Any, chart_rules: dict[str, Any]) -> list[str]:
     problems = []
+    for source, rules in sorted(chart_rules.items()):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=TOOLS) as rendered:
+            yaml.safe_dump(rules, rendered)
+            rendered.flush()
+            try:
+                _run([promtool, "check", "rules", rendered.name])
+            except CheckError as exc:
+                problems.append(f"{source}: the PrometheusRule: {exc}")
     checks = (
         ["check", "rules", ALERTS],
         ["test", "rules", ALERTS_TEST],

@@ -7,6 +7,7 @@ these tests assert what the chart promises, rendering through that script's helm
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import describe
+from gateway.config import Settings, describe
 from gateway.security.policy import OPERATIONS, Policy
 from gateway.server.metrics import Metrics
 from tests.helpers import load_script
@@ -347,8 +348,77 @@ def test_topology_spread_constraints_select_the_gateway(everything: Manifests) -
     assert constraint["labelSelector"] == selector
 
 
-def test_prometheus_rule_carries_the_alerts_file(everything: Manifests) -> None:
-    assert chart.alerts_sync_problems(everything) == []
+def test_prometheus_rule_with_the_gateway_defaults_is_the_alerts_file() -> None:
+    assert chart.alerts_sync_problems() == []
+
+
+def admitted_streams(config: dict[str, Any]) -> int:
+    """The UploadPart streams one gateway process admits, by gateway/server/admission.py's rule,
+    with the gateway's defaults for the settings ``config`` leaves null or out."""
+    settings = Settings()
+    window = config.get("streamWindow") or settings.stream_window
+    message = config.get("maxMessageSize") or settings.max_message_size
+    budget = config.get("maxBufferBytes") or settings.max_buffer_bytes
+    return min(config.get("maxStreams") or settings.max_streams, budget // (window + message))
+
+
+def inflight_alert(manifests: Manifests) -> dict[str, Any]:
+    (rule,) = [
+        rule
+        for group in only(manifests, "PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "S3UploadGatewayInflightStreamsHigh"
+    ]
+    return rule
+
+
+@pytest.mark.parametrize(
+    ("values_file", "set_values", "admitted"),
+    [
+        # values.yaml: a 256 MiB buffer budget for the 512Mi memory limit.
+        ("prometheusrule-values.yaml", {}, 50),
+        # 512 MiB / (2 MiB + 4 MiB + 64 KiB).
+        ("all-values.yaml", {}, 84),
+        # The gateway's defaults: 1 GiB / (1 MiB + 4 MiB + 64 KiB); deploy/prometheus/alerts.yaml.
+        ("minimal-values.yaml", chart.GATEWAY_DEFAULTS, 202),
+        # Bounded by maxStreams.
+        ("prometheusrule-values.yaml", {"config.maxStreams": 30}, 30),
+        ("prometheusrule-values.yaml", {"prometheusRule.inflightStreamsRatio": 0.5}, 50),
+    ],
+)
+def test_the_inflight_streams_threshold_follows_the_buffer_budget(
+    values_file: str, set_values: dict[str, Any], admitted: int
+) -> None:
+    """It fires at prometheusRule.inflightStreamsRatio of what a process admits, which the
+    settings the chart configures decide: never above what can be reached."""
+    manifests = chart.render([CI / values_file], set_values=set_values)
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    config = {
+        **values["config"],
+        **yaml.safe_load((CI / values_file).read_text()).get("config", {}),
+    }
+    for key, value in set_values.items():
+        if key.startswith("config."):
+            config[key.removeprefix("config.")] = value
+    assert admitted_streams(config) == admitted
+    ratio = set_values.get("prometheusRule.inflightStreamsRatio", 0.8)
+    rule = inflight_alert(manifests)
+    assert rule["expr"].split()[-2:] == [">", str(math.floor(admitted * ratio))]
+    assert f"it admits {admitted} and refuses more" in rule["annotations"]["description"]
+
+
+def test_gateway_defaults_in_the_chart_are_the_gateway_s() -> None:
+    """_helpers.tpl's gatewayDefaults, which the thresholds use for settings left null."""
+    template = (chart.CHART / "templates" / "_helpers.tpl").read_text()
+    block = template.split('define "s3-upload-gateway.gatewayDefaults" -}}', 1)[1]
+    defaults = yaml.safe_load(block.split("{{- end }}", 1)[0])
+    settings = Settings()
+    assert defaults == {
+        "maxBufferBytes": settings.max_buffer_bytes,
+        "streamWindow": settings.stream_window,
+        "maxMessageSize": settings.max_message_size,
+        "maxStreams": settings.max_streams,
+    }
 
 
 def test_standard_labels(rendered: Manifests) -> None:
@@ -721,3 +791,42 @@ def test_alerts_and_dashboard_know_the_gateway_metrics() -> None:
     supervisor = {"s3gateway_worker_up", "s3gateway_worker_restarts_total"}
     assert exported | supervisor == chart.METRICS | chart.RUNTIME_METRICS
     assert {f.name for f in families if f.type == "histogram"} == chart.HISTOGRAMS
+
+
+def test_the_pods_stat_counts_pods_not_workers(tmp_path: Path) -> None:
+    """With `serve --workers N` each worker's s3gateway_build_info has a worker label; the Pods
+    stat counts each scrape target (pod) once, whatever its number of workers."""
+    promtool = chart.promtool_binary()
+    if promtool is None:
+        pytest.skip("promtool needs apt-get")
+    dashboard = json.loads(chart.DASHBOARD.read_text())
+    (expr,) = [query for where, query in chart.panel_queries(dashboard) if "(Pods)" in where]
+    expr = expr.replace("$namespace", ".*").replace("$job", ".*")
+    info = 's3gateway_build_info{namespace="uploads", job="gw", version="0.1.0"'
+    series = [
+        f'{info}, instance="10.0.0.1:9464", worker="0"}}',
+        f'{info}, instance="10.0.0.1:9464", worker="1"}}',
+        f'{info}, instance="10.0.0.2:9464", worker="0"}}',
+        f'{info}, instance="10.0.0.2:9464", worker="1"}}',
+        f'{info}, instance="10.0.0.3:9464"}}',  # GATEWAY_WORKERS=1: no worker label
+    ]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": "1x5"} for s in series],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "2m",
+                        "exp_samples": [{"labels": '{version="0.1.0"}', "value": 3}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "pods_test.yaml"
+    path.write_text(yaml.safe_dump(test))
+    chart._run([promtool, "test", "rules", path])

@@ -276,3 +276,28 @@ The image of the gateway and of the reaper.
 {{- define "s3-upload-gateway.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/*
+The gateway's own defaults of the settings that the alert thresholds derive from, for the config
+keys left null (tests/test_chart.py checks them against the gateway's).
+*/}}
+{{- define "s3-upload-gateway.gatewayDefaults" -}}
+maxBufferBytes: 1073741824
+streamWindow: 1048576
+maxMessageSize: 4259840
+maxStreams: 256
+{{- end }}
+
+{{/*
+The UploadPart streams one gateway process admits: each reserves config.streamWindow +
+config.maxMessageSize of config.maxBufferBytes, and there are at most config.maxStreams.
+*/}}
+{{- define "s3-upload-gateway.admittedStreams" -}}
+{{- $setting := dict }}
+{{- range $key, $default := include "s3-upload-gateway.gatewayDefaults" . | fromYaml }}
+{{- $value := index $.Values.config $key }}
+{{- $_ := set $setting $key (kindIs "invalid" $value | ternary $default $value | int64) }}
+{{- end }}
+{{- $perStream := add $setting.streamWindow $setting.maxMessageSize }}
+{{- min $setting.maxStreams (div $setting.maxBufferBytes $perStream) }}
+{{- end }}
