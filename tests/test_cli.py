@@ -705,9 +705,37 @@ def test_endpoint_urls() -> None:
             parse(bad)
 
 
-def test_next_token_is_botocores() -> None:
-    token = pagination.encode_token({"PartNumberMarker": None, "boto_truncate_amount": 1})
-    assert token == "eyJQYXJ0TnVtYmVyTWFya2VyIjogbnVsbCwgImJvdG9fdHJ1bmNhdGVfYW1vdW50IjogMX0="
-    assert pagination.decode_token(token, ["PartNumberMarker"]) == ({"PartNumberMarker": None}, 1)
-    with pytest.raises(UsageError):
-        pagination.decode_token("not a token", ["PartNumberMarker"])
+def test_pages_and_next_token_are_botocores() -> None:
+    from botocore.paginate import TokenDecoder
+
+    command = next(c for c in COMMANDS if c.operation == "ListParts")
+    pages: dict[int | None, dict[str, Any]] = {
+        None: {"Parts": [{"PartNumber": 1}, {"PartNumber": 2}], "IsTruncated": True},
+        2: {"Parts": [{"PartNumber": 3}], "IsTruncated": False},
+    }
+    pages[None]["NextPartNumberMarker"] = 2
+    calls: list[dict[str, Any]] = []
+
+    def fetch(params: Any) -> dict[str, Any]:
+        calls.append(dict(params))
+        return json.loads(json.dumps(pages[params.get("PartNumberMarker")]))
+
+    params = {"Bucket": "b", "Key": "k", "UploadId": "u"}
+    first = pagination.paginate(command, fetch, params, {"MaxItems": 1}).build_full_result()
+    assert first["Parts"] == [{"PartNumber": 1}]
+    assert (
+        first["NextToken"]
+        == "eyJQYXJ0TnVtYmVyTWFya2VyIjogbnVsbCwgImJvdG9fdHJ1bmNhdGVfYW1vdW50IjogMX0="
+    )
+    assert TokenDecoder().decode(first["NextToken"]) == {
+        "PartNumberMarker": None,
+        "boto_truncate_amount": 1,
+    }
+    resume = {"StartingToken": first["NextToken"], "PageSize": 5}
+    rest = pagination.paginate(command, fetch, params, resume).build_full_result()
+    assert [p["PartNumber"] for p in rest["Parts"]] == [2, 3]
+    assert "NextToken" not in rest
+    assert calls[-1] == {**params, "MaxParts": 5, "PartNumberMarker": 2}
+    # A token that is not botocore's is taken as S3's own marker, and checked as options are.
+    with pytest.raises(UsageError, match="parameter PartNumberMarker"):
+        pagination.paginate(command, fetch, params, {"StartingToken": "x"}).build_full_result()

@@ -43,6 +43,7 @@ from typing import Any, NoReturn, cast
 import grpc
 import jmespath
 from botocore import xform_name
+from botocore.exceptions import PaginationError
 from botocore.model import Shape
 from botocore.utils import ArgumentGenerator
 from jmespath.exceptions import JMESPathError
@@ -259,11 +260,13 @@ def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int
     with Gateway.connect(args, command) as gateway:
         try:
             if paging is not None:
-                output.emit_pages(paginate(gateway.call, params, paging))
+                output.emit_pages(paginate(command, gateway.call, params, paging))
             else:
                 output.emit(gateway.call(params))
         except grpc.RpcError as exc:
             return report_rpc_error(cast(grpc.Call, exc), command, gateway.url)
+        except PaginationError as exc:
+            raise UsageError(str(exc)) from None
     return 0
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from botocore.model import Shape
+from botocore.paginate import PageIterator
+from botocore.utils import set_value_from_jmespath
 from jmespath.parser import ParsedResult
 
 from gateway import convert
-from gateway.cli.s3api.pagination import Pages
 
 
 def format_timestamp(value: dt.datetime, shape: Shape) -> str:
@@ -57,15 +58,17 @@ class Output:
     def emit(self, data: Any) -> None:
         self._write(self._filter(data))
 
-    def emit_pages(self, pages: Pages) -> None:
+    def emit_pages(self, pages: PageIterator) -> None:
+        """A paginated result: whole for json and table, page by page for text."""
         if self.form != "text":
-            self.emit(pages.full_result())
+            self.emit(pages.build_full_result())
             return
-        for i, page in enumerate(pages.pages):
-            current = dict(pages.non_aggregate) if i == 0 else {}
-            current.update({key: page.get(key) for key in pages.result_keys})
+        for i, page in enumerate(pages):
+            current = pages.non_aggregate_part if i == 0 else {}
+            for result_key in pages.result_keys:
+                set_value_from_jmespath(current, result_key.expression, result_key.search(page))
             self._write(self._filter(current))
-        if pages.resume_token is not None:
+        if pages.resume_token:
             self._write(self._filter({"NextToken": {"NextToken": pages.resume_token}}))
 
     def _filter(self, data: Any) -> Any:

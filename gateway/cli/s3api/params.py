@@ -75,13 +75,29 @@ def _cli_input_json(value: str | None, members: Mapping[str, Shape]) -> dict[str
     data = _load_json(_param_file(value, "--cli-input-json"), "--cli-input-json")
     if not isinstance(data, dict):
         raise UsageError("Invalid JSON for --cli-input-json: a JSON object is required")
-    for name in data:
+    _refuse_unknown(data, members)
+    return {name: item for name, item in data.items() if item is not None}
+
+
+def check_params(command: Command, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` checked as botocore checks the parameters of every call: members of the command
+    only, each coerced to its type. The paginator adds the tokens of ``--starting-token``, which
+    come from the user as the options do."""
+    members = command.members
+    _refuse_unknown(params, members)
+    return {
+        name: value if is_streaming(members[name]) else coerce(value, members[name], name)
+        for name, value in params.items()
+    }
+
+
+def _refuse_unknown(params: Mapping[str, Any], members: Mapping[str, Shape]) -> None:
+    for name in params:
         if name not in members:
             raise UsageError(
                 f'Parameter validation failed:\nUnknown parameter in input: "{name}", '
                 f"must be one of: {', '.join(members)}"
             )
-    return {name: item for name, item in data.items() if item is not None}
 
 
 def _parse_option(value: Any, shape: Shape, flag: str) -> Any:
