@@ -1,4 +1,5 @@
-"""Test helpers: a gateway in its own thread, stream builders, error-detail readers."""
+"""Test helpers: a gateway in its own thread, stream builders, waits, metric readers, bucket
+names, error-detail readers, and the tokens and policy of the security tests."""
 
 from __future__ import annotations
 
