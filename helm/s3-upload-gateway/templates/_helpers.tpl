@@ -73,6 +73,24 @@ app.kubernetes.io/component: reaper
 {{- end }}
 
 {{/*
+Labels of the helm test Pod: neither a backend of the Service nor counted by the Deployment.
+*/}}
+{{- define "s3-upload-gateway.testLabels" -}}
+helm.sh/chart: {{ include "s3-upload-gateway.chart" . }}
+{{ include "s3-upload-gateway.testSelectorLabels" . }}
+{{ include "s3-upload-gateway.commonLabels" . }}
+{{- end }}
+
+{{/*
+Labels that select the helm test Pod (the NetworkPolicy admits it).
+*/}}
+{{- define "s3-upload-gateway.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "s3-upload-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
+
+{{/*
 Labels every resource carries besides its selector labels.
 */}}
 {{- define "s3-upload-gateway.commonLabels" -}}
@@ -140,6 +158,8 @@ CA, its client certificate and its bearer token).
 {{- define "s3-upload-gateway.reaperCADir" -}}/etc/s3-upload-gateway/ca{{- end }}
 {{- define "s3-upload-gateway.reaperClientCertDir" -}}/etc/s3-upload-gateway/client-cert{{- end }}
 {{- define "s3-upload-gateway.reaperTokenDir" -}}/etc/s3-upload-gateway/token{{- end }}
+{{- define "s3-upload-gateway.testCADir" -}}/etc/s3-upload-gateway/ca{{- end }}
+{{- define "s3-upload-gateway.testClientCertDir" -}}/etc/s3-upload-gateway/client-cert{{- end }}
 
 {{/*
 The ConfigMap holding the authorization policy: the chart's own (from authorization.policy), or
@@ -215,6 +235,14 @@ work. Every problem is reported at once.
 {{- $problems = append $problems "reaper.token.existingSecret needs auth.tokens: without a token file the gateway ignores bearer tokens, or with tls.clientCA rejects them" }}
 {{- end }}
 {{- end }}
+{{- $test := .Values.helmTest }}
+{{- if $test.enabled }}
+{{- if and $tls.clientCA.secretName (not $test.clientCert.secretName) }}
+{{- $problems = append $problems "helmTest.enabled with tls.clientCA needs helmTest.clientCert.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key) holding a client certificate the client CA issued, such as reaper.clientCert's (the handshake needs one); or set helmTest.enabled=false" }}
+{{- else if and $test.clientCert.secretName (not $tls.clientCA.secretName) }}
+{{- $problems = append $problems "helmTest.clientCert.secretName needs tls.clientCA: without mutual TLS the gateway asks for no client certificate" }}
+{{- end }}
+{{- end }}
 {{- if $problems }}
 {{- fail (printf "\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
@@ -271,10 +299,15 @@ the chart owns even when it leaves it unset: those come from tls, auth, authoriz
 {{- end }}
 
 {{/*
-The image of the gateway and of the reaper.
+The image of the gateway, the reaper and the helm test Pod: repository@digest when image.digest is
+set, else repository:tag (the chart's appVersion without a tag).
 */}}
 {{- define "s3-upload-gateway.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
