@@ -29,6 +29,7 @@ from gateway.cli import build_parser
 from gateway.cli.connection import Endpoint
 from gateway.cli.s3api import COMMANDS, output, pagination, shorthand
 from gateway.exits import UsageError
+from gateway.v1 import upload_service_pb2 as pb
 from tests.cli_helpers import (
     Certificate,
     aws_cli,
@@ -739,3 +740,33 @@ def test_pages_and_next_token_are_botocores() -> None:
     # A token that is not botocore's is taken as S3's own marker, and checked as options are.
     with pytest.raises(UsageError, match="parameter PartNumberMarker"):
         pagination.paginate(command, fetch, params, {"StartingToken": "x"}).build_full_result()
+
+
+def test_sse_customer_keys_are_encoded_where_botocore_encodes_them() -> None:
+    from gateway.cli.s3api.params import build_request
+
+    commands = {command.operation: command for command in COMMANDS}
+    key, other = "k" * 32, "o" * 32
+    params = {"Bucket": "b", "Key": "k", "UploadId": "u"}
+    copy = build_request(
+        commands["UploadPartCopy"],
+        {
+            **params,
+            "PartNumber": 1,
+            "CopySource": "s/o",
+            "SSECustomerKey": key,
+            "CopySourceSSECustomerKey": other,
+        },
+    )
+    assert isinstance(copy, pb.UploadPartCopyRequest)
+    assert (copy.sse_customer_key, copy.sse_customer_key_md5) == (
+        _b64(key.encode()),
+        _b64(hashlib.md5(key.encode()).digest()),
+    )
+    assert copy.copy_source_sse_customer_key == _b64(other.encode())
+    # A key given with its MD5 is sent as it is; ListParts' key always, as botocore sends it.
+    given = {**params, "PartNumber": 1, "SSECustomerKey": "raw", "SSECustomerKeyMD5": "md5"}
+    header = build_request(commands["UploadPart"], given)
+    assert isinstance(header, pb.UploadPartHeader) and header.sse_customer_key == "raw"
+    listed = build_request(commands["ListParts"], {**params, "SSECustomerKey": key})
+    assert isinstance(listed, pb.ListPartsRequest) and listed.sse_customer_key == key

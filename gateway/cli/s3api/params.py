@@ -5,7 +5,7 @@ Options (JSON, or shorthand for structures and maps; ``file://`` and ``fileb://`
 from files) and ``--cli-input-json`` merge into a parameter dict, which is coerced to the types of
 botocore's model (:func:`coerce`; a value it cannot take is a :class:`gateway.exits.UsageError`,
 reported before anything is sent). What botocore does to the parameters before it builds a
-request is done here the same way: the SSE-C key is base64-encoded and its MD5 computed when
+request, its own handlers do here too: the SSE-C key is base64-encoded and its MD5 computed when
 ``--sse-customer-key-md5`` is absent. The request message is then
 :func:`gateway.convert.from_params` of the parameters.
 """
@@ -13,14 +13,12 @@ request is done here the same way: the SSE-C key is base64-encoded and its MD5 c
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-from botocore import xform_name
+from botocore import handlers, xform_name
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 from botocore.utils import parse_to_aware_datetime
 from google.protobuf.message import Message
@@ -32,13 +30,10 @@ from gateway.exits import UsageError
 
 T = TypeVar("T")
 
-#: Operations whose SSE-C key botocore base64-encodes and hashes (its sse_md5 handlers).
-_SSE_KEY_PREFIXES: Mapping[str, tuple[str, ...]] = {
-    "CreateMultipartUpload": ("SSECustomer",),
-    "UploadPart": ("SSECustomer",),
-    "UploadPartCopy": ("SSECustomer", "CopySourceSSECustomer"),
-    "CompleteMultipartUpload": ("SSECustomer",),
-}
+#: The handlers of botocore's ``before-parameter-build`` event that the CLI runs too, for the
+#: operations botocore registers them for: when the SSE-C key's MD5 is not given, the key is the
+#: raw key, sent base64-encoded with the base64 of its MD5.
+_BOTOCORE_HANDLERS = frozenset({handlers.sse_md5, handlers.copy_source_sse_md5})
 
 
 def collect_params(command: Command, args: argparse.Namespace) -> dict[str, Any]:
@@ -197,22 +192,19 @@ def _expect(value: Any, kind: type[T], path: str) -> T:
     return value
 
 
-def _encode_sse_keys(command: Command, params: dict[str, Any]) -> None:
-    """Do what botocore's sse_md5 handlers do: when the key's MD5 is not given, the key is the raw
-    key, sent base64-encoded with the base64 of its MD5."""
-    for prefix in _SSE_KEY_PREFIXES.get(command.operation, ()):
-        key = params.get(prefix + "Key")
-        if key is None or prefix + "KeyMD5" in params:
-            continue
-        raw = key.encode() if isinstance(key, str) else key
-        params[prefix + "Key"] = base64.b64encode(raw).decode()
-        params[prefix + "KeyMD5"] = base64.b64encode(hashlib.md5(raw).digest()).decode()
+def _before_parameter_build(operation: str, params: dict[str, Any]) -> None:
+    """Run botocore's own handlers of :data:`_BOTOCORE_HANDLERS` on the parameters, as a botocore
+    client does before it builds the request of ``operation``."""
+    event = f"before-parameter-build.s3.{operation}"
+    for registration in handlers.BUILTIN_HANDLERS:
+        if registration[0] == event and registration[1] in _BOTOCORE_HANDLERS:
+            registration[1](params=params)
 
 
 def build_request(command: Command, params: Mapping[str, Any]) -> Message:
     """The request message (the header, for upload-part) for typed S3 parameters."""
     typed = dict(params)
-    _encode_sse_keys(command, typed)
+    _before_parameter_build(command.operation, typed)
     try:
         return convert.from_params(typed, command.request(), command.operation)
     except ValueError as exc:
