@@ -6,7 +6,8 @@ from files) and ``--cli-input-json`` merge into a parameter dict, which is coerc
 botocore's model (:func:`coerce`; a value it cannot take is a :class:`gateway.exits.UsageError`,
 reported before anything is sent). What botocore does to the parameters before it builds a
 request, its own handlers do here too: the SSE-C key is base64-encoded and its MD5 computed when
-``--sse-customer-key-md5`` is absent. The request message is then
+``--sse-customer-key-md5`` is absent, and ``--copy-source`` is URL-encoded, so that it names the
+object it names to ``aws s3api upload-part-copy``. The request message is then
 :func:`gateway.convert.from_params` of the parameters.
 """
 
@@ -32,8 +33,12 @@ T = TypeVar("T")
 
 #: The handlers of botocore's ``before-parameter-build`` event that the CLI runs too, for the
 #: operations botocore registers them for: when the SSE-C key's MD5 is not given, the key is the
-#: raw key, sent base64-encoded with the base64 of its MD5.
-_BOTOCORE_HANDLERS = frozenset({handlers.sse_md5, handlers.copy_source_sse_md5})
+#: raw key, sent base64-encoded with the base64 of its MD5; UploadPartCopy's ``CopySource`` is
+#: URL-encoded (all but ``/`` and ``~``, a ``?versionId=`` suffix kept), so that the gateway, which
+#: decodes it once as S3 decodes ``x-amz-copy-source``, reads the key the user wrote.
+_BOTOCORE_HANDLERS = frozenset(
+    {handlers.sse_md5, handlers.copy_source_sse_md5, handlers.handle_copy_source_param}
+)
 
 
 def collect_params(command: Command, args: argparse.Namespace) -> dict[str, Any]:
