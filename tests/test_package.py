@@ -1,9 +1,11 @@
 """The package as users and the container image get it.
 
 The wheel is built from the checkout, then ``deploy/install-wheel.sh`` (the Dockerfile's install
-step) installs it without extras into a fresh virtual environment made by the system's python3, and
-that installation has to start: ``--version``, every module importable, and ``serve`` relaying an
-upload to a separate moto S3 server. Installing the wheel's dependencies needs the package index.
+step) installs it without extras into a fresh virtual environment made by the system's python3: the
+dependencies exactly as ``deploy/requirements.lock`` pins them, hashes checked, then the wheel. That
+installation has to start: ``--version``, every module importable, and ``serve`` relaying an upload
+to a separate moto S3 server. The lock itself must be what ``deploy/lock.sh`` makes of
+pyproject.toml's dependencies. Both need the package index.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from tests.gateway_process import collect_stderr, read_ready_port, stop
 
 ROOT = Path(__file__).parent.parent
 INSTALL_SCRIPT = ROOT / "deploy" / "install-wheel.sh"
+LOCK = ROOT / "deploy" / "requirements.lock"
+LOCK_SCRIPT = ROOT / "deploy" / "lock.sh"
 #: What the Dockerfile copies into its build stage to make the wheel.
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "gateway")
 #: ``python -m gateway`` runs the CLI when imported; ``--version`` covers it instead.
@@ -60,6 +64,12 @@ print(json.dumps({
     "moto": importlib.util.find_spec("moto") is not None,
 }))
 """
+
+#: Run in the fresh environment: every installed distribution and its version.
+_DISTRIBUTIONS = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+)
 
 
 def _run(command: list[str | Path], env: dict[str, str], timeout: float) -> str:
@@ -92,6 +102,37 @@ def _fresh_environment() -> dict[str, str]:
     env["PIP_QUIET"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _locked() -> dict[str, str]:
+    """The lock's pins: canonical name to version."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ \\\n]+)", LOCK.read_text(), re.M)
+    return {_canonical(name): version for name, version in pins}
+
+
+def test_the_lock_is_what_lock_sh_makes_of_pyproject(tmp_path: Path) -> None:
+    """deploy/requirements.lock is current: deploy/lock.sh (uv, keeping the pins it has) writes it
+    again unchanged. It fails when pyproject.toml's dependencies changed and the lock did not."""
+    uv = Path(sys.executable).parent / "uv"
+    assert uv.is_file(), "uv comes with the dev extra: pip install -e '.[dev]'"
+    regenerated = tmp_path / "requirements.lock"
+    shutil.copy2(LOCK, regenerated)
+    _run(["sh", LOCK_SCRIPT, regenerated], {**os.environ, "UV": str(uv)}, timeout=300)
+    assert regenerated.read_text() == LOCK.read_text(), "the lock is stale: run deploy/lock.sh"
+
+
+def test_the_lock_pins_only_runtime_dependencies() -> None:
+    """No extra: neither moto (embedded) nor the test tools; uvloop, for Linux, is there."""
+    locked = _locked()
+    assert {"grpcio", "aiobotocore", "prometheus-client", "uvloop"} <= set(locked)
+    assert not {"moto", "pytest", "boto3", "hypothesis", "awscli", "s3-upload-gateway"} & set(
+        locked
+    )
+    assert LOCK.read_text().count("--hash=sha256:") >= len(locked)
 
 
 def _source_modules(source: Path) -> set[str]:
@@ -159,6 +200,13 @@ def test_wheel_without_extras_installs_starts_and_relays_an_upload(tmp_path: Pat
     _run(["sh", INSTALL_SCRIPT, venv, wheel], env, timeout=480)
     python, cli = venv / "bin" / "python", venv / "bin" / "s3-upload-gateway"
     _run([python, "-m", "pip", "check"], env, timeout=120)
+    # Exactly the lock's pins, and the gateway.
+    listed = json.loads(_run([python, "-I", "-c", _DISTRIBUTIONS], env, timeout=120))
+    installed = {_canonical(name): version for name, version in listed.items()}
+    installed.pop("s3-upload-gateway")
+    for tool in ("pip", "setuptools", "wheel"):  # the venv's own
+        installed.pop(tool, None)
+    assert installed == _locked()
 
     # The console script and ``python -m gateway``.
     assert _run([cli, "--version"], env, timeout=60).strip() == f"s3-upload-gateway {__version__}"
