@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import checksums
-from gateway.cli.upload import ProgressBar, parse_destination, parse_size
+from gateway.cli.upload import ProgressBar, parse_destination, size_argument
 from gateway.exits import UsageError
 from tests.cli_helpers import gateway_cli
 from tests.helpers import GatewayThread, MiB, S3Reader
@@ -32,13 +32,13 @@ from tests.helpers import GatewayThread, MiB, S3Reader
         ("1.5MiB", 3 * MiB // 2),
     ],
 )
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
+def test_size_argument(text: str, size: int) -> None:
+    assert size_argument(text) == size
 
 
-def test_parse_size_refuses_nonsense() -> None:
+def test_size_argument_refuses_nonsense() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
-        parse_size("eight")
+        size_argument("eight")
 
 
 def test_parse_destination() -> None:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import stat
 import sys
 import tempfile
@@ -48,20 +47,19 @@ from gateway.client import (
     UploadResult,
 )
 from gateway.exits import ConnectionFailure, ExitCode, UsageError
+from gateway.units import MiB, format_size, parse_size
 
-MiB = 1024 * 1024
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
 DEMO_BUCKET = "gateway-demo"
 
 
-def parse_size(text: str) -> int:
-    """``8MiB``, ``8M``, ``8MB`` (all 8 * 2**20), ``512KiB``, ``1GiB``, or a number of bytes."""
-    match = _SIZE_RE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 8MiB or 1048576")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+def size_argument(text: str) -> int:
+    """A size option (:func:`gateway.units.parse_size`: ``8MiB``, ``8M``, ``512KiB``, a number of
+    bytes…), for argparse."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_destination(text: str) -> tuple[str, str]:
@@ -73,15 +71,6 @@ def parse_destination(text: str) -> tuple[str, str]:
 
 
 # --- the progress bar ----------------------------------------------------------------------------
-
-
-def human(count: float) -> str:
-    """Bytes with a binary unit: ``12.0 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ProgressBar:
@@ -108,15 +97,15 @@ class ProgressBar:
 
     def render(self, done: int, total: int | None, elapsed: float) -> str:
         rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"{human(done)}"
+        text = f"{format_size(done)}"
         if total:
             fraction = min(1.0, max(0.0, done / total))
             filled = int(fraction * self.WIDTH)
             bar = "#" * filled + "." * (self.WIDTH - filled)
             eta = (total - done) / rate if rate > 0 else 0.0
-            text = f"[{bar}] {fraction:4.0%} {text} / {human(total)}"
-            return f"{text}  {human(rate)}/s  ETA {_clock(eta)}"
-        return f"{text}  {human(rate)}/s  {_clock(elapsed)}"
+            text = f"[{bar}] {fraction:4.0%} {text} / {format_size(total)}"
+            return f"{text}  {format_size(rate)}/s  ETA {_clock(eta)}"
+        return f"{text}  {format_size(rate)}/s  {_clock(elapsed)}"
 
     def finish(self) -> None:
         if self.enabled:
@@ -135,7 +124,7 @@ def _clock(seconds: float) -> str:
 def _add_upload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--part-size",
-        type=parse_size,
+        type=size_argument,
         default=DEFAULT_PART_SIZE,
         metavar="SIZE",
         help="part size, 5MiB to 5GiB (raised as needed to fit 10,000 parts); default 8MiB",
@@ -266,7 +255,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "file through the gateway, read it back from S3, verify it and print a summary.",
     )
     demo.add_argument(
-        "--size", type=parse_size, default=64 * MiB, metavar="SIZE", help="default 64MiB"
+        "--size", type=size_argument, default=64 * MiB, metavar="SIZE", help="default 64MiB"
     )
     _add_upload_options(demo)
     demo.set_defaults(func=run_demo)
@@ -374,7 +363,7 @@ class DemoSummary:
             else "none"
         )
         return [
-            f"size:       {self.size} bytes ({human(self.size)})",
+            f"size:       {self.size} bytes ({format_size(self.size)})",
             f"parts:      {result.parts}",
             f"throughput: {rate:.1f} MiB/s ({self.seconds:.2f} s)",
             f"checksum:   {checksum}",
@@ -462,4 +451,4 @@ async def _sha256_of_object(url: str, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["ProgressBar", "parse_destination", "parse_size", "register", "result_json"]
+__all__ = ["ProgressBar", "parse_destination", "register", "result_json", "size_argument"]
