@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from gateway.client import channel_credentials
 from gateway.security.auth import (
     ANONYMOUS,
     AuthConfigError,
@@ -29,7 +30,7 @@ from gateway.security.auth import (
     mtls_identity,
     parse_tokens,
 )
-from gateway.security.tls import ServerTLS, channel_credentials
+from gateway.security.tls import ServerTLS
 from tests.certs import CA, Leaf, swap_symlinked
 
 TOKEN = "tok-" + "a" * 40

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.security.tls import ServerTLS, TLSConfigError, channel_credentials, load_pair
+from gateway.client import channel_credentials
+from gateway.pem import TLSConfigError, load_pair
+from gateway.security.tls import ServerTLS
 from tests.certs import CA, swap_symlinked
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -289,10 +291,10 @@ def test_certificate_chains_are_accepted(tmp_path: Path, ca: CA) -> None:
 
 def test_channel_credentials_need_cert_and_key_together(tmp_path: Path, ca: CA) -> None:
     cert, key = ca.issue("client").write(tmp_path, "client")
-    with pytest.raises(TLSConfigError, match="both"):
-        channel_credentials(cert_file=cert)
-    with pytest.raises(TLSConfigError, match="both"):
-        channel_credentials(key_file=key)
+    with pytest.raises(ValueError, match="go together"):
+        channel_credentials(client_cert=cert)
+    with pytest.raises(ValueError, match="go together"):
+        channel_credentials(client_key=key)
     with pytest.raises(TLSConfigError, match="cannot read"):
         channel_credentials(tmp_path / "missing-ca.crt")
     assert isinstance(channel_credentials(), grpc.ChannelCredentials)

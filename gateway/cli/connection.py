@@ -21,17 +21,17 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 
-from gateway.client import bearer_metadata
+from gateway import bearer
+from gateway.client import open_channel as open_gateway_channel
 from gateway.config import ConfigError, listens_on_loopback
 from gateway.exits import ConnectionFailure, UsageError
-from gateway.security.tls import TLSConfigError, load_pair
+from gateway.pem import TLSConfigError, load_ca, load_pair
 from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ DEFAULT_ENDPOINT = "localhost:50051"
 TOKEN_ENV = "GATEWAY_TOKEN"
 #: The largest ``--token-file`` read.
 _MAX_TOKEN_FILE = 64 * 1024
-#: gRPC's default 4 MiB send limit is plenty for 1 MiB chunks; raise it for large JSON requests.
-_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
 
 
 @dataclass(frozen=True)
@@ -80,27 +78,47 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Connection:
-    """How to reach the gateway: where, TLS credentials (None: plaintext) and the channel options
-    they need, and the bearer token to send (never shown by ``repr``)."""
+    """How to reach the gateway: where; over TLS, the certificates to trust (None: the system's
+    CAs), the name the gateway's certificate is checked against when it is not the endpoint's
+    host, and the client certificate and key files to present; the bearer token to send (never
+    shown by ``repr``)."""
 
     endpoint: Endpoint
-    credentials: grpc.ChannelCredentials | None
-    options: list[tuple[str, str]]
+    root_certificates: bytes | None = None
+    server_name: str | None = None
+    client_pair: tuple[str, str] | None = None
     token: str | None = field(default=None, repr=False)
 
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata every call carries: the bearer token, if any."""
-        return bearer_metadata(self.token)
+    def channel(self) -> grpc.Channel:
+        """A synchronous channel (:func:`gateway.client.open_channel`); every call on it carries
+        the bearer token, if any."""
+        return open_gateway_channel(self.endpoint.target, **self._channel_arguments(), aio=False)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """The same, for ``grpc.aio``."""
+        return open_gateway_channel(self.endpoint.target, **self._channel_arguments(), aio=True)
+
+    def _channel_arguments(self) -> dict[str, Any]:
+        cert, key = self.client_pair or (None, None)
+        if self.token is not None:
+            log.debug("Sending a bearer token with every call")
+        return {
+            "tls": self.endpoint.tls,
+            "root_certificates": self.root_certificates,
+            "server_name": self.server_name,
+            "client_cert": cert,
+            "client_key": key,
+            "token": self.token,
+        }
 
 
 def connection(args: argparse.Namespace, connect_timeout: float | None) -> Connection:
     """The connection the options ask for: ``--endpoint-url``, ``--ca-bundle``,
     ``--no-verify-ssl``, ``--client-cert``/``--client-key``, and the token of ``--token-file``
-    or ``$GATEWAY_TOKEN``. Raises UsageError (ConnectionFailure when ``--no-verify-ssl`` cannot
-    fetch the server's certificate)."""
+    or ``$GATEWAY_TOKEN``. Every file is read and checked here. Raises UsageError
+    (ConnectionFailure when ``--no-verify-ssl`` cannot fetch the server's certificate)."""
     endpoint = Endpoint.parse(args.endpoint_url or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT)
-    client = _client_certificate(args, endpoint)
+    pair = _client_certificate(args, endpoint)
     token = read_token(args)
     if not endpoint.tls:
         if token is not None and not listens_on_loopback(endpoint.target):
@@ -109,30 +127,29 @@ def connection(args: argparse.Namespace, connect_timeout: float | None) -> Conne
                 f"{endpoint.target}; use https:// unless a mesh encrypts the connection",
                 file=sys.stderr,
             )
-        return Connection(endpoint, None, [], token)
-    credentials, options = _channel_credentials(
-        endpoint, args.ca_bundle, not args.no_verify_ssl, connect_timeout, client
-    )
-    return Connection(endpoint, credentials, options, token)
+        return Connection(endpoint, token=token)
+    if args.no_verify_ssl:
+        pem, names = _fetch_certificate(endpoint, connect_timeout, pair)
+        log.debug("--no-verify-ssl: trusting the certificate the server presented for %s", names)
+        host = endpoint.host_port[0]
+        server_name = None if host in names or not names else names[0]
+        return Connection(endpoint, pem, server_name, pair, token)
+    roots = None
+    if args.ca_bundle is not None:
+        try:
+            roots = load_ca(args.ca_bundle)
+        except TLSConfigError as exc:
+            raise UsageError(f"Bad value for --ca-bundle: {exc}") from None
+    return Connection(endpoint, roots, None, pair, token)
 
 
 def open_channel(
     args: argparse.Namespace, connect_timeout: float | None
 ) -> tuple[grpc.Channel, Endpoint]:
-    """A channel to the gateway named by ``--endpoint-url`` (``--ca-bundle``,
-    ``--no-verify-ssl``, ``--client-cert``/``--client-key``); every call on it carries the
-    bearer token, if one is given."""
+    """A synchronous channel to the gateway the options name (:func:`connection`), and where it
+    leads."""
     conn = connection(args, connect_timeout)
-    if conn.credentials is not None:
-        channel = grpc.secure_channel(
-            conn.endpoint.target, conn.credentials, _CHANNEL_OPTIONS + conn.options
-        )
-    else:
-        channel = grpc.insecure_channel(conn.endpoint.target, _CHANNEL_OPTIONS)
-    if conn.token is not None:
-        log.debug("Sending a bearer token with every call")
-        channel = grpc.intercept_channel(channel, _MetadataInterceptor(conn.metadata))
-    return channel, conn.endpoint
+    return conn.channel(), conn.endpoint
 
 
 def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -208,7 +225,7 @@ def read_token(args: argparse.Namespace) -> str | None:
         if not token:
             return None
     try:
-        bearer_metadata(token)
+        bearer.check(token)
     except ValueError as exc:
         raise UsageError(f"Bad value for {source}: {exc}") from None
     return token
@@ -226,75 +243,11 @@ def _client_certificate(args: argparse.Namespace, endpoint: Endpoint) -> tuple[s
             "--client-cert and --client-key need an https:// --endpoint-url (mutual TLS), "
             f"not {endpoint.url}"
         )
+    try:
+        load_pair(cert, key)
+    except TLSConfigError as exc:
+        raise UsageError(f"Bad value for --client-cert/--client-key: {exc}") from None
     return cert, key
-
-
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, details: grpc.ClientCallDetails, metadata: Sequence[tuple[str, str]]):
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = (*(details.metadata or ()), *metadata)
-        self.credentials = details.credentials
-        self.wait_for_ready = details.wait_for_ready
-        self.compression = details.compression
-
-
-class _MetadataInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-):
-    """Adds fixed metadata (the bearer token) to every call of a synchronous channel."""
-
-    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
-        self._metadata = tuple(metadata)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(<{len(self._metadata)} hidden>)"
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(_CallDetails(details, self._metadata), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return continuation(_CallDetails(details, self._metadata), request_iterator)
-
-
-def _channel_credentials(
-    endpoint: Endpoint,
-    ca_bundle: str | None,
-    verify: bool,
-    timeout: float | None,
-    client: tuple[str, str] | None = None,
-) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
-    """TLS credentials: the CAs to trust (``--ca-bundle``, the system's, or with ``verify``
-    false the server's own certificate), and the client certificate and key files, if any."""
-    cert_pem = key_pem = None
-    if client is not None:
-        try:
-            cert_pem, key_pem = load_pair(*client)
-        except TLSConfigError as exc:
-            raise UsageError(f"Bad value for --client-cert/--client-key: {exc}") from None
-    if not verify:
-        pem, names = _fetch_certificate(endpoint, timeout, client)
-        host = endpoint.host_port[0]
-        override = (
-            [] if host in names or not names else [("grpc.ssl_target_name_override", names[0])]
-        )
-        log.debug("--no-verify-ssl: trusting the certificate the server presented for %s", names)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=pem, private_key=key_pem, certificate_chain=cert_pem
-        )
-        return credentials, override
-    roots = None
-    if ca_bundle is not None:
-        try:
-            with open(ca_bundle, "rb") as handle:
-                roots = handle.read()
-        except OSError as exc:
-            raise UsageError(f"Bad value for --ca-bundle: {exc}") from None
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key_pem, certificate_chain=cert_pem
-    )
-    return credentials, []
 
 
 def _fetch_certificate(

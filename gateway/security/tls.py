@@ -1,4 +1,4 @@
-"""TLS for the gateway's port (optionally mutual), reloaded when the files change; client TLS.
+"""TLS for the gateway's port (optionally mutual), reloaded when the files change.
 
 :class:`ServerTLS` reads a certificate chain, its key and optionally a CA bundle for client
 certificates, checks them (PEM, key matches the certificate) and builds server credentials with
@@ -31,9 +31,7 @@ from gateway import watch
 
 # The files are read and checked in gateway.pem, shared with the client; these names stay
 # importable from here.
-from gateway.pem import TLSConfigError as TLSConfigError
-from gateway.pem import load_ca as load_ca
-from gateway.pem import load_pair as load_pair
+from gateway.pem import TLSConfigError, load_ca, load_pair
 
 log = logging.getLogger(__name__)
 
@@ -126,22 +124,3 @@ class ServerTLS(watch.Watched[_Material]):
             fetch,  # type: ignore[arg-type]  # the stubs omit the documented None (no change)
             require_client_authentication=self.mutual,
         )
-
-
-def channel_credentials(
-    ca_file: str | os.PathLike[str] | None = None,
-    cert_file: str | os.PathLike[str] | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-) -> grpc.ChannelCredentials:
-    """Client TLS credentials: trust ``ca_file`` (else the system roots); present a certificate
-    when ``cert_file`` and ``key_file`` are both given. Raises :class:`TLSConfigError`.
-    """
-    if (cert_file is None) != (key_file is None):
-        raise TLSConfigError("a client certificate needs both cert_file and key_file")
-    root = None if ca_file is None else load_ca(os.fspath(ca_file))
-    cert_pem = key_pem = None
-    if cert_file is not None and key_file is not None:
-        cert_pem, key_pem = load_pair(os.fspath(cert_file), os.fspath(key_file))
-    return grpc.ssl_channel_credentials(
-        root_certificates=root, private_key=key_pem, certificate_chain=cert_pem
-    )
