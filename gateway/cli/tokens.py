@@ -11,6 +11,7 @@ import argparse
 import getpass
 import sys
 
+from gateway import bearer
 from gateway.exits import ExitCode
 
 
@@ -39,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from gateway.client import bearer_metadata
     from gateway.security.auth import generate_token, hash_token
 
     principal = args.principal.strip()
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if not token:
             return _refuse("no token on stdin (or use --generate)")
         try:
-            bearer_metadata(token)
+            bearer.check(token)
         except ValueError as exc:
             return _refuse(str(exc))
     entry = yaml.safe_dump(

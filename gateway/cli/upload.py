@@ -49,7 +49,6 @@ from gateway.client import (
 from gateway.exits import ConnectionFailure, ExitCode, UsageError
 from gateway.units import MiB, format_size, parse_size
 
-_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 8 * MiB)]
 DEMO_BUCKET = "gateway-demo"
 
 
@@ -285,17 +284,6 @@ def run_upload(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _open_client(conn: Connection) -> GatewayClient:
-    """A client on a new channel, with the connection's TLS credentials and bearer token."""
-    target = conn.endpoint.target
-    if conn.credentials is None:
-        channel = grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS)
-    else:
-        options = _CHANNEL_OPTIONS + conn.options
-        channel = grpc.aio.secure_channel(target, conn.credentials, options)
-    return GatewayClient(channel, token=conn.token)
-
-
 async def _upload(
     conn: Connection,
     file: str,
@@ -304,7 +292,7 @@ async def _upload(
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
 ) -> UploadResult:
-    async with _open_client(conn) as client:
+    async with GatewayClient(conn.aio_channel()) as client:
         if file == "-":
             return await client.upload_stream(
                 sys.stdin.buffer, bucket, key, None, options, progress
