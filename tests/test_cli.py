@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import grpc
 import pytest
 from awscrt import checksums as crt
+from google.rpc import status_pb2
 
 from gateway.cli import build_parser
 from gateway.cli.connection import Endpoint
@@ -816,3 +818,50 @@ def test_copy_source_names_the_object_it_names_to_aws(
     ours = copy(gateway_cli, gateway_address, new_bucket, percent)
     assert ours.returncode == 254, ours.stdout
     assert "'%'" in ours.stderr
+
+
+# --- error reports, in process -------------------------------------------------------------------
+
+
+class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A failed synchronous call carrying the gateway's rich status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, info: Any) -> None:
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(info)
+        self._code, self._message = code, message
+        self._trailing = (("grpc-status-details-bin", status.SerializeToString()),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+
+@pytest.mark.parametrize(
+    ("metadata", "printed"),
+    [
+        ({"s3ErrorCode": "NoSuchUpload", "s3Message": "Gone."}, "Gone."),
+        ({"s3ErrorCode": "NoSuchUpload"}, "The specified upload does not exist."),  # older gateway
+        ({"s3ErrorCode": "NoSuchUpload", "s3Message": ""}, ""),
+    ],
+)
+def test_s3_message_is_s3s_own(
+    metadata: dict[str, str], printed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from google.rpc import error_details_pb2
+
+    from gateway.cli.s3api.errors import report_rpc_error
+
+    command = next(c for c in COMMANDS if c.operation == "AbortMultipartUpload")
+    text = "S3 AbortMultipartUpload failed: NoSuchUpload (HTTP 404): "
+    text += "The specified upload does not exist."
+    info = error_details_pb2.ErrorInfo(reason="NO_SUCH_UPLOAD", metadata=metadata)
+    code = report_rpc_error(_FailedCall(grpc.StatusCode.NOT_FOUND, text, info), command, "url")
+    assert code == 254
+    head = "\nAn error occurred (NoSuchUpload) when calling the AbortMultipartUpload operation:"
+    assert capsys.readouterr().err == f"{head} {printed}\n"

@@ -264,7 +264,7 @@ def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int
             else:
                 output.emit(gateway.call(params))
         except grpc.RpcError as exc:
-            return report_rpc_error(cast(grpc.Call, exc), command, gateway.url)
+            return report_rpc_error(exc, command, gateway.url)
         except PaginationError as exc:
             raise UsageError(str(exc)) from None
     return 0

@@ -1,9 +1,10 @@
 """Failed calls, reported as the aws CLI reports failed requests.
 
-With S3's error code and message when S3 answered (the ErrorInfo's ``s3ErrorCode``), else the
-gateway's ErrorInfo reason, else the gRPC code. A call that never reached the gateway (no rich
-status: connection refused, TLS failure, deadline) is reported in the aws CLI's words for an
-unreachable endpoint.
+With S3's error code and message when S3 answered (the ErrorInfo's ``s3ErrorCode`` and
+``s3Message``), else the gateway's ErrorInfo reason and message, else the gRPC code; the rich
+status is read with :func:`gateway.client.status_details`. A call that never reached the gateway
+(no rich status: connection refused, TLS failure, deadline) is reported in the aws CLI's words for
+an unreachable endpoint.
 """
 
 from __future__ import annotations
@@ -14,29 +15,33 @@ import sys
 from typing import cast
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2
 
 from gateway.cli.s3api.model import Command
+from gateway.client import error_info, status_details
 from gateway.exits import ExitCode
 
 log = logging.getLogger(__name__)
 
 
-def report_rpc_error(call: grpc.Call, command: Command, url: str) -> int:
+def report_rpc_error(error: grpc.RpcError, command: Command, url: str) -> int:
     """Print a failed call the way the aws CLI prints a failed request; returns the exit code."""
-    code, details, status = call.code(), call.details() or "", _rich_status(call)
+    call = cast(grpc.Call, error)
+    code, details, status = call.code(), call.details() or "", status_details(error)
     log.debug("Call failed: %s: %s; status details: %s", code.name, details, status)
     problem = _transport_problem(code, details, url) if status is None else None
     if problem is not None:
         sys.stderr.write(f"\n{problem}\n")
         return ExitCode.CONNECTION
     info = error_info(status)
-    error = (info.metadata.get("s3ErrorCode") or info.reason) if info else ""
-    message = s3_message(details, command.operation, error) if info else details
+    if info is None:
+        name, message = code.name, details
+    elif s3_code := info.metadata.get("s3ErrorCode"):
+        name, message = s3_code, _s3_message(info, details, command.operation)
+    else:
+        name, message = info.reason or code.name, details
     sys.stderr.write(
-        f"\nAn error occurred ({error or code.name}) when calling the {command.operation} "
-        f"operation: {message}\n"
+        f"\nAn error occurred ({name}) when calling the {command.operation} operation: {message}\n"
     )
     return ExitCode.SERVICE_ERROR
 
@@ -53,25 +58,13 @@ def _transport_problem(code: grpc.StatusCode, details: str, url: str) -> str | N
     return None
 
 
-def _rich_status(call: grpc.Call) -> status_pb2.Status | None:
-    try:
-        return cast(status_pb2.Status | None, rpc_status.from_call(call))
-    except ValueError:
-        return None
-
-
-def error_info(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | None:
-    """The status's ErrorInfo (the gateway sends exactly one)."""
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    return None
-
-
-def s3_message(details: str, operation: str, code: str) -> str:
-    """S3's own message: the gateway words S3 errors "S3 <operation> failed: <code> (HTTP <n>):
-    <message>", and the aws CLI prints the message alone."""
-    prefix = rf"S3 {re.escape(operation)} failed: {re.escape(code)} \(HTTP \d+\)(?:: )?"
-    match = re.match(prefix, details)
-    return details[match.end() :] if match else details
+def _s3_message(info: error_details_pb2.ErrorInfo, details: str, operation: str) -> str:
+    """S3's own message, which the aws CLI prints alone: the ErrorInfo's ``s3Message``. The
+    gateway leaves it out when S3's message is empty, and gateways older than ``s3Message`` only
+    word it into the status message, "S3 <operation> failed: <code> (HTTP <n>): <message>": then
+    it is what follows that prefix."""
+    if "s3Message" in info.metadata:
+        return str(info.metadata["s3Message"])
+    code = re.escape(info.metadata["s3ErrorCode"])
+    prefix = re.match(rf"S3 {re.escape(operation)} failed: {code} \(HTTP \d+\)(?:: )?", details)
+    return details[prefix.end() :] if prefix else details
