@@ -255,7 +255,7 @@ def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int
     if args.generate_cli_skeleton == "output":
         sample = ArgumentGenerator(use_member_names=True).generate_skeleton(command.output_shape)
         output.emit(sample)
-        return 0
+        return ExitCode.OK
     paging = requested_paging(command, args)
     with Gateway.connect(args, command) as gateway:
         try:
@@ -267,7 +267,7 @@ def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int
             return report_rpc_error(exc, command, gateway.url)
         except PaginationError as exc:
             raise UsageError(str(exc)) from None
-    return 0
+    return ExitCode.OK
 
 
 def _print_input_skeleton(command: Command) -> int:
@@ -275,7 +275,7 @@ def _print_input_skeleton(command: Command) -> int:
     generated = ArgumentGenerator().generate_skeleton(command.input_shape)
     skeleton = {name: value for name, value in generated.items() if name in members}
     sys.stdout.write(json.dumps(skeleton, indent=4, default=json_default) + "\n")
-    return 0
+    return ExitCode.OK
 
 
 def _compile_query(query: str | None) -> ParsedResult | None:
