@@ -140,6 +140,8 @@ _ACCESS_POINT_ARN = re.compile(
     re.ASCII,
 )
 _ARN_OBJECT = "/object/"
+#: An access point ARN as botocore sends it in x-amz-copy-source, its colons encoded.
+_ENCODED_ARN = "arn%3a"
 #: A version id: characters a URL carries as they are, so no store decodes them differently.
 _VERSION_ID = re.compile(r"[A-Za-z0-9._~-]{1,1024}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -155,7 +157,8 @@ def parse_copy_source(copy_source: str) -> CopySource:
     """The object an UploadPartCopy ``copy_source`` names, or :class:`InvalidRequest`.
 
     The syntax is S3's ``x-amz-copy-source``: ``[/]BUCKET/KEY[?versionId=ID]``, or
-    ``[/]ARN/object/KEY[?versionId=ID]`` for an access point ARN, with KEY URL-encoded:
+    ``[/]ARN/object/KEY[?versionId=ID]`` for an access point ARN (its colons may be encoded as
+    ``%3A``, as botocore sends them), with KEY URL-encoded:
 
     - one leading ``/`` is ignored; the bucket ends at the first ``/`` (for an ARN, at the
       ``/object/`` after it), and is a valid bucket name or access point ARN, never encoded;
@@ -188,6 +191,10 @@ def parse_copy_source(copy_source: str) -> CopySource:
             )
         version_id = value
     path = path.removeprefix("/")
+    if path[: len(_ENCODED_ARN)].lower() == _ENCODED_ARN:
+        # botocore (aws s3api) encodes the ARN's colons too: S3 reads them decoded.
+        head, object_, tail = path.partition(_ARN_OBJECT)
+        path = re.sub("%3a", ":", head, flags=re.IGNORECASE) + object_ + tail
     if path.startswith("arn:"):
         arn = _ACCESS_POINT_ARN.match(path)
         if arn is None or not path.startswith(_ARN_OBJECT, arn.end()):

@@ -1112,7 +1112,8 @@ class UploadPartCopyRequest(_message.Message):
     """Required. The source object, as S3's x-amz-copy-source header names it:
     "BUCKET/KEY" or "ACCESS_POINT_ARN/object/KEY" (an S3 or S3 on Outposts access point),
     with at most one leading "/", optionally followed by "?versionId=ID".
-    BUCKET and the ARN are never encoded. KEY is URL-encoded and decoded exactly once:
+    BUCKET is never encoded; the ARN's colons may be "%3A" (as botocore sends them), nothing
+    else of it is encoded. KEY is URL-encoded and decoded exactly once:
     "%2F" is "/", "+" and "%2B" are "+", " " and "%20" are a space, a "?" of the key is
     "%3F"; every "%" begins two hex digits, and the decoded bytes are UTF-8. The decoded key
     is at most 1024 bytes, without control characters, and without "%": S3-compatible stores
