@@ -94,7 +94,7 @@ app.kubernetes.io/component: test
 Labels every resource carries besides its selector labels.
 */}}
 {{- define "s3-upload-gateway.commonLabels" -}}
-{{- if .Chart.AppVersion }}
+{{- if .Chart.AppVersion -}}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
