@@ -381,7 +381,8 @@ async def _demo(
     size: int, options: UploadOptions, progress: Callable[[int, int | None], None]
 ) -> DemoSummary:
     from gateway.config import Settings
-    from gateway.server.app import EMBEDDED_CREDENTIALS, Gateway, embedded_s3
+    from gateway.server.app import Gateway
+    from gateway.server.embedded import EMBEDDED_CREDENTIALS, embedded_s3
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     with embedded_s3(DEMO_BUCKET) as s3_url, _random_file(size) as (path, digest):
@@ -420,7 +421,7 @@ async def _sha256_of_object(url: str, bucket: str, key: str) -> str:
     """Read the object straight from the S3 store (not through the gateway)."""
     from aiobotocore.session import get_session
 
-    from gateway.server.app import EMBEDDED_CREDENTIALS
+    from gateway.server.embedded import EMBEDDED_CREDENTIALS
 
     key_id, secret = EMBEDDED_CREDENTIALS
     digest = hashlib.sha256()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import grpc
-from aiobotocore.session import get_session
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +26,7 @@ from gateway.logs import FIELDS, cap_header_loggers
 from gateway.security.guard import Guard
 from gateway.security.tls import ServerTLS
 from gateway.server.admission import Admission
+from gateway.server.embedded import EMBEDDED_CREDENTIALS, embedded_s3, wanted
 from gateway.server.metrics import Metrics, MetricsInterceptor
 from gateway.server.s3 import S3, open_s3
 from gateway.server.service import UploadService, add_to_server
@@ -36,8 +35,6 @@ from gateway.v1 import upload_service_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["UploadService"].full_name
-#: Credentials the gateway uses against its embedded S3 (moto accepts any).
-EMBEDDED_CREDENTIALS = ("embedded", "embedded")
 #: Server reflection's stable version, which grpcurl and other clients ask for first; the gateway
 #: serves it next to v1alpha (reflection.SERVICE_NAME), which older clients ask for.
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -82,7 +79,7 @@ class Gateway:
         credentials = self._credentials
         cap_header_loggers()
         try:
-            if await _wants_embedded_s3(settings):
+            if await wanted(settings):
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
                 settings = settings.replace(s3_endpoint_url=endpoint)
                 credentials = EMBEDDED_CREDENTIALS
@@ -250,53 +247,6 @@ def _method_types() -> dict[str, str]:
     """go-grpc-prometheus's grpc_type of every UploadService method."""
     service = pb.DESCRIPTOR.services_by_name["UploadService"]
     return {m.name: "client_stream" if m.client_streaming else "unary" for m in service.methods}
-
-
-async def _wants_embedded_s3(settings: Settings) -> bool:
-    if settings.embedded_s3 != "auto":
-        return settings.embedded_s3 == "on"
-    if settings.s3_endpoint_url or not listens_on_loopback(settings.listen_address):
-        return False
-    if importlib.util.find_spec("moto") is None:
-        return False
-    if await get_session().get_credentials() is not None:
-        return False
-    log.warning(
-        "no S3 endpoint and no AWS credentials configured: serving against an embedded, "
-        "in-memory S3 on loopback (GATEWAY_EMBEDDED_S3=off to refuse)"
-    )
-    return True
-
-
-@contextlib.contextmanager
-def embedded_s3(bucket: str) -> Iterator[str]:
-    """A moto S3 server on a free loopback port, with ``bucket`` created; yields its URL."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "--embedded-s3 needs moto: pip install 's3-upload-gateway[embedded]'"
-        ) from exc
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access line per S3 request
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        if bucket:
-            _create_bucket(url, bucket)
-        log.info("embedded S3 (moto) at %s with bucket %r", url, bucket)
-        yield url
-    finally:
-        server.stop()
-
-
-def _create_bucket(url: str, bucket: str) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(f"{url}/{bucket}", method="PUT")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
 
 
 async def run(
