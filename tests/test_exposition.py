@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server.app import SERVICE_NAME, _method_types
 from gateway.server.metrics import Metrics, serve_registry
-from gateway.server.workers import WorkerMetrics
+from gateway.server.worker_metrics import WorkerMetrics
 from tests.helpers import GatewayThread
 
 #: The families of prometheus_client's ProcessCollector (Linux) and PlatformCollector.
