@@ -219,10 +219,10 @@ class _MetadataCallable:
         }
 
 
-class _MetadataChannel(grpc.Channel):
-    """A synchronous channel whose every call also sends fixed metadata."""
+class _MetadataMethods:
+    """The call factories of a channel whose every call also sends fixed metadata."""
 
-    def __init__(self, channel: grpc.Channel, metadata: bearer.Metadata) -> None:
+    def __init__(self, channel: Any, metadata: bearer.Metadata) -> None:
         self._channel = channel
         self._metadata = metadata
 
@@ -230,22 +230,24 @@ class _MetadataChannel(grpc.Channel):
         return f"{type(self).__name__}({self._channel!r}, <{len(self._metadata)} hidden>)"
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(self._channel.unary_unary(method, *args, **kwargs), self._metadata)
+        return self._wrap("unary_unary", method, args, kwargs)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.unary_stream(method, *args, **kwargs), self._metadata
-        )
+        return self._wrap("unary_stream", method, args, kwargs)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.stream_unary(method, *args, **kwargs), self._metadata
-        )
+        return self._wrap("stream_unary", method, args, kwargs)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.stream_stream(method, *args, **kwargs), self._metadata
-        )
+        return self._wrap("stream_stream", method, args, kwargs)
+
+    def _wrap(self, kind: str, method: str, args: Any, kwargs: Any) -> _MetadataCallable:
+        factory = getattr(self._channel, kind)
+        return _MetadataCallable(factory(method, *args, **kwargs), self._metadata)
+
+
+class _MetadataChannel(_MetadataMethods, grpc.Channel):
+    """A synchronous channel whose every call also sends fixed metadata."""
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self._channel.subscribe(callback, try_to_connect=try_to_connect)
@@ -263,36 +265,12 @@ class _MetadataChannel(grpc.Channel):
         self.close()
 
 
-class _AioMetadataChannel(grpc.aio.Channel):
+class _AioMetadataChannel(_MetadataMethods, grpc.aio.Channel):
     """A ``grpc.aio`` channel whose every call also sends fixed metadata."""
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: bearer.Metadata) -> None:
-        self._channel = channel
-        self._metadata = metadata
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._channel!r}, <{len(self._metadata)} hidden>)"
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(self._channel.unary_unary(method, *args, **kwargs), self._metadata)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.unary_stream(method, *args, **kwargs), self._metadata
-        )
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.stream_unary(method, *args, **kwargs), self._metadata
-        )
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _MetadataCallable(
-            self._channel.stream_stream(method, *args, **kwargs), self._metadata
-        )
-
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self._channel.get_state(try_to_connect)
+        state: grpc.ChannelConnectivity = self._channel.get_state(try_to_connect)
+        return state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         await self._channel.wait_for_state_change(last_observed_state)

@@ -31,13 +31,14 @@ gateway unreachable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import html
 import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -227,8 +228,11 @@ def _add_global_options(group: argparse._ArgumentGroup) -> None:
 
 def run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int:
     """Execute a parsed command; returns the exit code."""
-    if args.debug:
-        _enable_debug_log()
+    with _debug_log(args.debug):
+        return _run_command(command, parser, args)
+
+
+def _run_command(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int:
     if args.generate_cli_skeleton == "input":
         return _print_input_skeleton(command)
     try:
@@ -287,13 +291,22 @@ def _compile_query(query: str | None) -> ParsedResult | None:
         raise UsageError(f"Bad value for --query {query}: {exc}") from None
 
 
-def _enable_debug_log() -> None:
-    """``--debug``: the CLI's log records (every module of :mod:`gateway.cli`) on stderr."""
-    cli_log = logging.getLogger("gateway.cli")
-    if cli_log.handlers:
+@contextlib.contextmanager
+def _debug_log(enabled: bool) -> Iterator[None]:
+    """``--debug``: the CLI's log records (every module of :mod:`gateway.cli`) on stderr, for
+    the command's duration."""
+    if not enabled:
+        yield
         return
+    cli_log = logging.getLogger("gateway.cli")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    saved = cli_log.level, cli_log.propagate
     cli_log.addHandler(handler)
     cli_log.setLevel(logging.DEBUG)
     cli_log.propagate = False
+    try:
+        yield
+    finally:
+        cli_log.removeHandler(handler)
+        cli_log.level, cli_log.propagate = saved
