@@ -127,7 +127,7 @@ class Settings:
         4 * MiB + 64 * 1024, "GATEWAY_MAX_MESSAGE_SIZE", "largest gRPC message accepted, bytes"
     )
     stream_window: int = _setting(
-        1024 * 1024,
+        MiB,
         "GATEWAY_STREAM_WINDOW",
         "bytes a caller may send ahead of the relay on each stream (its HTTP/2 flow-control "
         "window): memory per stream is about this plus one message; larger suits callers on "

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from gateway.config import ConfigError
+from gateway.units import MiB
 from gateway.watch import read_capped
 
 #: Largest certificate, key or CA file accepted.
-MAX_PEM_SIZE = 1024 * 1024
+MAX_PEM_SIZE = MiB
 
 
 class TLSConfigError(ConfigError):

@@ -39,12 +39,13 @@ from gateway import bearer, watch
 from gateway.bearer import InvalidAuthorization as InvalidAuthorization
 from gateway.bearer import MetadataPairs
 from gateway.config import ConfigError
+from gateway.units import MiB
 from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
 #: Largest token file accepted.
-MAX_TOKEN_FILE_SIZE = 1024 * 1024
+MAX_TOKEN_FILE_SIZE = MiB
 
 Method = Literal["token", "mtls", "anonymous"]
 

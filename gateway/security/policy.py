@@ -62,13 +62,14 @@ import yaml
 
 from gateway import units, watch
 from gateway.config import ConfigError
+from gateway.units import MiB
 from gateway.v1 import upload_service_pb2
 from gateway.watch import read_capped
 
 logger = logging.getLogger(__name__)
 
 #: The largest policy file accepted, bytes.
-MAX_POLICY_BYTES = 1024 * 1024
+MAX_POLICY_BYTES = MiB
 
 #: The RPCs of the UploadService: the operations a grant may list (besides ``"*"``).
 OPERATIONS: tuple[str, ...] = tuple(
