@@ -444,12 +444,16 @@ def s3_error(
 ) -> S3Error:
     """Build the error for an S3 error answer."""
     rule = rule_for(s3_code, http_status)
-    metadata = {"s3ErrorCode": s3_code, "httpStatus": str(http_status), "operation": operation}
+    metadata = {"httpStatus": str(http_status), "operation": operation}
+    if s3_code:  # none when S3 answered with a bare HTTP status
+        metadata["s3ErrorCode"] = s3_code
     if request_id:
         metadata["s3RequestId"] = request_id
     if message:
         metadata["s3Message"] = message[:MAX_S3_MESSAGE]
     text = f"S3 {operation} failed: {s3_code} (HTTP {http_status})"
+    if not s3_code:
+        text = f"S3 {operation} failed: HTTP {http_status}"
     if message:
         text += f": {message}"
     return S3Error(
@@ -458,6 +462,20 @@ def s3_error(
         text,
         metadata=metadata,
         retry_delay=_DEFAULT_RETRY_DELAY if rule.retry else None,
+    )
+
+
+def upload_gone(failure: S3Error) -> GatewayError:
+    """The answer when S3 failed an operation on an upload with a server error and ListParts
+    then said the upload does not exist."""
+    operation = failure.metadata.get("operation", "")
+    metadata = {**failure.metadata, "checkedWith": "ListParts"}
+    return GatewayError(
+        _C.NOT_FOUND,
+        Reason.NO_SUCH_UPLOAD,
+        f"{failure.message}; ListParts says the upload does not exist: start a new upload "
+        f"(the {operation} is not worth retrying)",
+        metadata=metadata,
     )
 
 
@@ -480,7 +498,9 @@ def from_s3_exception(exc: Exception, operation: str) -> GatewayError:
         error = exc.response.get("Error") or {}
         meta = exc.response.get("ResponseMetadata") or {}
         http_status = int(meta.get("HTTPStatusCode") or 0)
-        code = str(error.get("Code") or http_status or "Unknown")
+        code = str(error.get("Code") or "")
+        if code == str(http_status):
+            code = ""  # botocore's stand-in for an answer without an error code
         return s3_error(
             code, str(error.get("Message") or ""), http_status, _request_id(exc.response), operation
         )
@@ -574,4 +594,5 @@ __all__ = [
     "rule_for",
     "s3_error",
     "s3_stalled",
+    "upload_gone",
 ]

@@ -23,9 +23,11 @@ from tests.helpers import (
     S3Reader,
     error_info,
     field_violations,
+    part_messages,
     part_stream,
     retry_info,
     rpc_error,
+    upload_part_error,
 )
 
 Stub = pb_grpc.UploadServiceStub
@@ -409,3 +411,24 @@ def silent_server() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("operation", ["UploadPart", "CompleteMultipartUpload"])
+async def test_an_unknown_upload_id_is_not_found_even_where_s3_answers_a_server_error(
+    gateway: GatewayThread, stub: Stub, new_bucket: str, s3: S3Reader, operation: str
+) -> None:
+    """moto answers HTTP 500 for these (RGW: for Complete); one ListParts tells the upload is
+    gone, so the caller gets NOT_FOUND, not a retry hint it would follow forever."""
+    upload_id = "2~no-such-upload"
+    where = {"bucket": new_bucket, "key": "k", "upload_id": upload_id}
+    if operation == "UploadPart":
+        messages = part_messages({**where, "part_number": 1, "content_length": 5}, b"hello")
+        error = await upload_part_error(gateway.address, messages)
+    else:
+        part = pb.CompletedPart(part_number=1, etag='"0123456789abcdef0123456789abcdef"')
+        request = pb.CompleteMultipartUploadRequest(**where, parts=[part])
+        error = await rpc_error(stub.CompleteMultipartUpload(request))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(error).reason == "NO_SUCH_UPLOAD"
+    assert retry_info(error) is None
+    assert s3.uploads(new_bucket) == []

@@ -47,14 +47,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
+import grpc
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore import xform_name
 
-from gateway import __version__
+from gateway import __version__, errors
 from gateway.buckets import is_directory_bucket
 from gateway.config import Settings
-from gateway.errors import GatewayError, from_s3_exception
+from gateway.errors import GatewayError, S3Error
 from gateway.server.metrics import Metrics, bucket_type
 from gateway.server.pool import ConnectionSlots
 
@@ -170,7 +171,27 @@ class S3:
         watch: Watch | None = None,
     ) -> dict[str, Any]:
         """Call ``operation`` (e.g. ``"ListParts"``) for ``caller`` (an admission key: who waits
-        for a connection); any failure becomes a GatewayError."""
+        for a connection); any failure becomes a GatewayError.
+
+        S3 answers some requests for an upload that does not exist with a server error instead
+        of NoSuchUpload (moto for UploadPart and CompleteMultipartUpload, Ceph RGW for
+        CompleteMultipartUpload): a caller trusting the RetryInfo of that UNAVAILABLE would
+        retry forever. So when an operation on an upload id fails with a server error, one
+        ListParts asks whether the upload exists, and NOT_FOUND / NO_SUCH_UPLOAD is the answer
+        when it does not.
+        """
+        try:
+            return await self._call(operation, params, caller, watch)
+        except S3Error as error:
+            if not _may_mean_gone(error, operation, params):
+                raise
+            if await self._upload_gone(params, caller):
+                raise errors.upload_gone(error) from error
+            raise
+
+    async def _call(
+        self, operation: str, params: dict[str, Any], caller: str, watch: Watch | None
+    ) -> dict[str, Any]:
         bucket = params.get("Bucket", "")
         method = getattr(self.client_for(bucket), xform_name(operation))
         pool: Pool = "data" if operation in DATA_OPERATIONS else "control"
@@ -183,7 +204,7 @@ class S3:
                     # The body aborted the request on purpose (aiobotocore reports a connection
                     # error): its reason is the answer, and S3 did nothing wrong.
                     raise watch.failure from None
-                error = from_s3_exception(exc, operation)
+                error = errors.from_s3_exception(exc, operation)
                 code = error.metadata.get("s3ErrorCode", error.reason)
                 self._metrics.s3_failed(operation, code, bucket)
                 raise error from exc
@@ -191,6 +212,37 @@ class S3:
                 elapsed = time.perf_counter() - started
                 self._metrics.s3_seconds.labels(operation, bucket_type(bucket)).observe(elapsed)
         return response
+
+    async def _upload_gone(self, params: dict[str, Any], caller: str) -> bool:
+        """Whether ListParts says the upload of ``params`` does not exist."""
+        probe = {k: params[k] for k in _PROBE_PARAMETERS if k in params}
+        try:
+            await self._call("ListParts", {**probe, "MaxParts": 1}, caller, None)
+        except errors.GatewayError as error:
+            return error.code == grpc.StatusCode.NOT_FOUND
+        return False
+
+
+#: The operations on an upload id whose server errors may mean that the upload is gone.
+_ON_AN_UPLOAD = frozenset(
+    {"UploadPart", "UploadPartCopy", "CompleteMultipartUpload", "AbortMultipartUpload"}
+)
+#: What a ListParts about the same upload takes from the failed request.
+_PROBE_PARAMETERS = (
+    "Bucket",
+    "Key",
+    "UploadId",
+    "ExpectedBucketOwner",
+    "RequestPayer",
+    "SSECustomerAlgorithm",
+    "SSECustomerKey",
+    "SSECustomerKeyMD5",
+)
+
+
+def _may_mean_gone(error: S3Error, operation: str, params: dict[str, Any]) -> bool:
+    status = int(error.metadata.get("httpStatus") or 0)
+    return operation in _ON_AN_UPLOAD and "UploadId" in params and status >= 500
 
 
 async def _send(method: Any, params: dict[str, Any], watch: Watch | None) -> dict[str, Any]:
