@@ -5,23 +5,32 @@ the gRPC server) and releases it in reverse order on :meth:`Gateway.stop`. :func
 ``s3-upload-gateway serve`` calls: start, wait for SIGTERM/SIGINT, drain, stop; a second signal
 stops at once. A ``serve --workers`` worker drains once however many signals arrive, and cancels
 in-flight calls only on SIGUSR1 (see :mod:`gateway.server.workers`).
+
+Starting fails in one sentence, never a traceback: an address the gateway cannot listen on raises
+:class:`CannotListen` (an ``OSError``), and an AWS configuration botocore refuses (an unknown
+``AWS_PROFILE``, a config file it cannot parse, a ``credential_process`` that fails…) raises
+:class:`gateway.config.ConfigError`, like any other setting the gateway cannot start with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
+from botocore.exceptions import BotoCoreError, ConfigParseError, ProfileNotFound
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from gateway.config import Settings, listens_on_loopback
+from gateway.config import ConfigError, Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
 from gateway.security.guard import Guard
 from gateway.security.tls import ServerTLS
@@ -79,13 +88,16 @@ class Gateway:
         credentials = self._credentials
         cap_header_loggers()
         try:
-            if await wanted(settings):
+            with aws_configuration():
+                embedded = await wanted(settings)
+            if embedded:
                 endpoint = self._stack.enter_context(embedded_s3(settings.embedded_bucket))
                 settings = settings.replace(s3_endpoint_url=endpoint)
                 credentials = EMBEDDED_CREDENTIALS
-            s3 = self.s3 = await self._stack.enter_async_context(
-                open_s3(settings, self.metrics, credentials)
-            )
+            with aws_configuration():
+                s3 = self.s3 = await self._stack.enter_async_context(
+                    open_s3(settings, self.metrics, credentials)
+                )
             self.s3_endpoint_url = s3.endpoint_url
             self.guard = Guard(settings)
             self._watch_files(self.guard)
@@ -94,7 +106,9 @@ class Gateway:
             self._server = self._build_server(settings, service)
             self.port = self._add_port(settings)
             if settings.health_address:
-                self.health_port = self._server.add_insecure_port(settings.health_address)
+                self.health_port = self._listen(
+                    "health", self._server.add_insecure_port, settings.health_address
+                )
             if settings.metrics_address:
                 self._serve_metrics(settings.metrics_address)
             await self._server.start()
@@ -124,7 +138,7 @@ class Gateway:
         if settings.tls_cert_file is None or settings.tls_key_file is None:
             if warning := plaintext_warning(settings):
                 log.warning("%s", warning)
-            return self._server.add_insecure_port(settings.listen_address)
+            return self._listen("gRPC", self._server.add_insecure_port, settings.listen_address)
         tls = ServerTLS(
             settings.tls_cert_file,
             settings.tls_key_file,
@@ -132,10 +146,28 @@ class Gateway:
             require_client_cert=settings.tls_client_ca_file is not None,
         )
         self.metrics.watch("tls", tls)
-        return self._server.add_secure_port(settings.listen_address, tls.credentials())
+        server, credentials = self._server, tls.credentials()
+        return self._listen(
+            "gRPC",
+            lambda address: server.add_secure_port(address, credentials),
+            settings.listen_address,
+        )
+
+    def _listen(self, what: str, add_port: Callable[[str], int], address: str) -> int:
+        """Add a port of the gRPC server; raises CannotListen. The address is tried first with a
+        socket of our own: grpc-core would log its failure to stderr before raising."""
+        if (problem := unusable(address, self.reuse_port)) is not None:
+            raise CannotListen(what, address, problem)
+        try:
+            return add_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address": lost a race, or grpc's reason
+            raise CannotListen(what, address, None) from None
 
     def _serve_metrics(self, address: str) -> None:
-        server = self.metrics.serve(address)
+        try:
+            server = self.metrics.serve(address)
+        except OSError as exc:
+            raise CannotListen("metrics", address, exc) from None
         self._stack.callback(server.server_close)
         self._stack.callback(server.shutdown)
         self.metrics_port = server.server_port
@@ -231,6 +263,108 @@ def reflection_v1_file() -> FileDescriptor:
             rpc.output_type = rpc.output_type.replace(old, new, 1)
     pool.AddSerializedFile(proto.SerializeToString())
     return pool.FindFileByName(REFLECTION_V1_FILE)
+
+
+#: The setting of each address the gateway listens on: its flag and variable name a failure.
+_ADDRESS_SETTINGS = {
+    "gRPC": ("--listen-address", "GATEWAY_LISTEN_ADDRESS"),
+    "health": ("--health-address", "GATEWAY_HEALTH_ADDRESS"),
+    "metrics": ("--metrics-address", "GATEWAY_METRICS_ADDRESS"),
+}
+
+
+class CannotListen(OSError):
+    """An address the gateway cannot listen on, said in one sentence: which port, which setting
+    names it, why, and what to do."""
+
+    def __init__(self, what: str, address: str, problem: OSError | None) -> None:
+        flag, variable = _ADDRESS_SETTINGS[what]
+        if problem is None:
+            why = "gRPC could not bind it (GRPC_VERBOSITY=debug says why)"
+        elif problem.errno == errno.EADDRINUSE:
+            why = "the address is already in use; stop what listens there or choose another address"
+        elif problem.errno == errno.EADDRNOTAVAIL:
+            why = "the address is not one of this host's; choose another address"
+        elif problem.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need privileges); choose another port"
+        else:
+            why = problem.strerror or str(problem)
+        super().__init__(f"cannot listen on {address} ({what}, {flag} or {variable}): {why}")
+        self.address = address
+
+
+def unusable(address: str, reuse_port: bool = False) -> OSError | None:
+    """Why a TCP ``host:port`` cannot be listened on (in use, not this host's…), or None when one
+    of the addresses it resolves to can be bound, as grpc needs, or when it cannot tell (port 0,
+    a name that does not resolve, a ``unix:`` address: grpc reports those itself)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0 or host.startswith("unix"):
+        return None
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return None
+    problem: OSError | None = None
+    for family, kind, proto, _, sockaddr in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(sockaddr)
+        except OSError as exc:
+            problem = problem or exc
+        else:
+            return None
+    return problem
+
+
+@contextlib.contextmanager
+def aws_configuration() -> Iterator[None]:
+    """Turn what botocore raises for an AWS configuration it cannot use (a profile that does not
+    exist, a config file it cannot parse, a credential_process that fails or does not exist,
+    partial credentials, a malformed region…) into a ConfigError of one sentence. These come
+    while the S3 clients are made, before the gateway serves: nothing is sent to S3 yet."""
+    try:
+        yield
+    except ProfileNotFound as exc:
+        config = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
+        shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
+        raise ConfigError(
+            f"AWS configuration: {exc}: name a profile of {config} or {shared} in AWS_PROFILE, "
+            "or unset it"
+        ) from None
+    except ConfigParseError as exc:
+        raise ConfigError(f"AWS configuration: {exc}: fix its syntax") from None
+    except BotoCoreError as exc:
+        # One line, even when a credential_process wrote several (or nothing) to stderr.
+        text = " ".join(str(exc).split())
+        if text.endswith(":"):
+            text += " no reason given"
+        raise ConfigError(f"AWS configuration: {text}") from None
+    except OSError as exc:
+        command = _credential_process(exc)
+        if command is None:
+            raise
+        raise ConfigError(
+            f"AWS configuration: cannot run the credential_process {command}: {exc.strerror or exc}"
+        ) from None
+
+
+def _credential_process(error: OSError) -> str | None:
+    """The program of the credential_process that could not be started, when that is what
+    ``error`` is (botocore runs it from its ``_retrieve_credentials_using``); only the program:
+    its arguments may hold secrets."""
+    trace = error.__traceback__
+    while trace is not None:
+        frame = trace.tb_frame
+        if frame.f_code.co_name == "_retrieve_credentials_using":
+            command = str(frame.f_locals.get("credential_process") or "")
+            return command.split()[0] if command.split() else "(empty)"
+        trace = trace.tb_next
+    return None
 
 
 def plaintext_warning(settings: Settings) -> str | None:
