@@ -15,7 +15,10 @@ import hashlib
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -468,6 +471,28 @@ def test_connect_and_read_timeouts(silent_listener: int) -> None:
         )
     assert late.returncode == 255
     assert late.stderr.startswith('\nRead timeout on endpoint URL: "http://127.0.0.1:')
+
+
+def test_ctrl_c_exits_130_like_aws() -> None:
+    """SIGINT while a call waits for its answer: as the aws CLI, a newline on stdout, 130."""
+    args = ["--bucket", "b", "--key", "k", "--upload-id", "slow"]
+    with stand_in_gateway(None) as port:
+        command = [sys.executable, "-m", "gateway", "abort-multipart-upload", *args]
+        process = subprocess.Popen(
+            [*command, "--endpoint-url", f"127.0.0.1:{port}", "--debug"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        for line in process.stderr:  # --debug logs the call before it waits for the answer
+            if "Calling http://" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    assert process.returncode == 130, err
+    assert out == "\n"
+    assert "Traceback" not in err
 
 
 # --- inputs: shorthand, JSON, files, SSE-C -------------------------------------------------------

@@ -4,12 +4,18 @@ end to end as subprocesses."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -154,6 +160,101 @@ def test_upload_usage_errors(tmp_path: Path) -> None:
     result = gateway_cli("upload", str(tmp_path / "missing"), "bucket/key", endpoint="127.0.0.1:1")
     assert result.returncode == 252
     assert "s3://bucket/key" in result.stderr
+
+
+def test_a_missing_input_file_is_a_usage_error(gateway_address: str, tmp_path: Path) -> None:
+    """Found before anything is sent: the gateway is reachable, nothing is created there."""
+    missing = tmp_path / "missing.bin"
+    result = gateway_cli("upload", str(missing), "s3://bucket/key", endpoint=gateway_address)
+    assert result.returncode == 252, result.stderr
+    assert result.stderr == (
+        f"s3-upload-gateway upload: error: cannot read {missing}: No such file or directory\n"
+    )
+    directory = gateway_cli("upload", str(tmp_path), "s3://bucket/key", endpoint=gateway_address)
+    assert directory.returncode == 252
+    assert "Is a directory" in directory.stderr
+
+
+def _uploads(s3: Any, bucket: str) -> list[str]:
+    return [
+        upload["UploadId"] for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    ]
+
+
+def _feed(writer: BinaryIO, data: bytes) -> None:
+    """Write ``data`` and keep the pipe open: a producer that has more to say."""
+    with contextlib.suppress(OSError):
+        writer.write(data)
+        writer.flush()
+
+
+@pytest.fixture
+def producer(tmp_path: Path) -> Iterator[tuple[str, BinaryIO | None]]:
+    """A FIFO, and the end of it a producer writes to (kept open until the test ends)."""
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    # Read-write: opening does not wait for a reader, and the reader never sees an end of file.
+    writer = os.fdopen(os.open(fifo, os.O_RDWR), "wb")
+    try:
+        yield str(fifo), writer
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("source", ["stdin", "fifo"])
+def test_ctrl_c_aborts_the_upload_and_exits_130(
+    source: str,
+    producer: tuple[str, BinaryIO],
+    gateway_address: str,
+    moto_s3: Any,
+    moto_bucket: str,
+) -> None:
+    """SIGINT while the upload waits for its producer: the command aborts the multipart upload
+    it started, says so in one line and exits 130 at once, though the producer never ends."""
+    fifo, fifo_writer = producer
+    command = [sys.executable, "-m", "gateway", "upload", "-" if source == "stdin" else fifo]
+    command += [f"s3://{moto_bucket}/interrupted.bin", "--part-size", "5MiB"]
+    command += ["--endpoint-url", gateway_address]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if source == "stdin" else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    writer = process.stdin if source == "stdin" else fifo_writer
+    assert writer is not None
+    feeder = threading.Thread(target=_feed, args=(writer, os.urandom(6 * MiB)), daemon=True)
+    feeder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (started := _uploads(moto_s3, moto_bucket)) or not moto_s3.list_parts(
+            Bucket=moto_bucket, Key="interrupted.bin", UploadId=started[0]
+        ).get("Parts"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the upload never sent its first part"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        try:
+            status = process.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the upload did not end on SIGINT")
+        assert process.stdout is not None and process.stderr is not None
+        out, err = process.stdout.read().decode(), process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+    assert status == 130, err
+    assert out == ""
+    assert err == (
+        f"s3-upload-gateway upload: interrupted: aborted multipart upload {started[0]} of "
+        f"s3://{moto_bucket}/interrupted.bin\n"
+    )
+    assert _uploads(moto_s3, moto_bucket) == []
 
 
 def test_demo_uploads_reads_back_and_summarizes() -> None:

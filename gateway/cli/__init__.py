@@ -10,7 +10,9 @@ Each command is a module of this package:
 * ``reap-uploads`` (:mod:`gateway.cli.reap`) aborts abandoned uploads;
 * ``upload`` and ``demo`` (:mod:`gateway.cli.upload`) upload whole files.
 
-The exit statuses are :class:`gateway.exits.ExitCode`.
+The exit statuses are :class:`gateway.exits.ExitCode`; its module documents the table. Ctrl-C
+(SIGINT) ends any command with 130 and one line, never a traceback (``serve`` takes SIGINT, once
+it serves, as the order to drain and stop: 0).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from gateway.exits import ExitCode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help(sys.stderr)
-        return ExitCode.CONFIG
-    code: int = args.func(args)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            parser.print_help(sys.stderr)
+            return ExitCode.CONFIG
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("s3-upload-gateway: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     return code
 
 

@@ -9,8 +9,11 @@ and ``--client-key`` present a client certificate (mutual TLS). A bearer token c
 call; there is deliberately no option taking the token itself (command lines show in the process
 list), and the token never appears in output, errors or logs.
 
-Bad options raise :class:`gateway.exits.UsageError`; a gateway that cannot be reached while the
-connection is set up raises :class:`gateway.exits.ConnectionFailure`.
+A bad command line raises :class:`gateway.exits.UsageError` (exit 252); a token, certificate or
+CA file, or a ``GATEWAY_*`` variable, that cannot be used raises
+:class:`gateway.exits.ClientConfigError` (253); a gateway that cannot be reached while the
+connection is set up raises :class:`gateway.exits.ConnectionFailure` (255).
+:class:`CallerParser` is the parser of these commands: a bad command line exits 252 there too.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import os
 import socket
 import ssl
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import grpc
@@ -30,7 +34,7 @@ import grpc
 from gateway import bearer
 from gateway.client import open_channel as open_gateway_channel
 from gateway.config import ConfigError, listens_on_loopback
-from gateway.exits import ConnectionFailure, UsageError
+from gateway.exits import ClientConfigError, ConnectionFailure, ExitCode, UsageError
 from gateway.pem import TLSConfigError, load_ca, load_pair
 from gateway.watch import read_capped
 
@@ -54,18 +58,21 @@ class Endpoint:
     url: str
 
     @classmethod
-    def parse(cls, value: str) -> Endpoint:
+    def parse(cls, value: str, source: str = "--endpoint-url") -> Endpoint:
+        """The endpoint ``value`` names; a bad one raises UsageError, or ClientConfigError when
+        it comes from ``$GATEWAY_ENDPOINT_URL`` (``source``)."""
+        error = UsageError if source.startswith("--") else ClientConfigError
         scheme, _, rest = value.rpartition("://")
         if scheme not in ("", "http", "https"):
-            raise UsageError(f"Bad value for --endpoint-url: {value} (http:// or https://)")
+            raise error(f"Bad value for {source}: {value} (http:// or https://)")
         parts = urlsplit(f"//{rest}")
         if not parts.hostname:
-            raise UsageError(f"Bad value for --endpoint-url: {value} (no host)")
+            raise error(f"Bad value for {source}: {value} (no host)")
         tls = scheme == "https"
         try:
             port = parts.port or (443 if tls else 80)
         except ValueError:
-            raise UsageError(f"Bad value for --endpoint-url: {value} (bad port)") from None
+            raise error(f"Bad value for {source}: {value} (bad port)") from None
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         target = f"{host}:{port}"
         return cls(target, tls, f"{'https' if tls else 'http'}://{target}")
@@ -115,9 +122,10 @@ class Connection:
 def connection(args: argparse.Namespace, connect_timeout: float | None) -> Connection:
     """The connection the options ask for: ``--endpoint-url``, ``--ca-bundle``,
     ``--no-verify-ssl``, ``--client-cert``/``--client-key``, and the token of ``--token-file``
-    or ``$GATEWAY_TOKEN``. Every file is read and checked here. Raises UsageError
-    (ConnectionFailure when ``--no-verify-ssl`` cannot fetch the server's certificate)."""
-    endpoint = Endpoint.parse(args.endpoint_url or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT)
+    or ``$GATEWAY_TOKEN``. Every file is read and checked here. Raises UsageError or
+    ClientConfigError (ConnectionFailure when ``--no-verify-ssl`` cannot fetch the server's
+    certificate)."""
+    endpoint = _endpoint(args)
     pair = _client_certificate(args, endpoint)
     token = read_token(args)
     if not endpoint.tls:
@@ -139,8 +147,16 @@ def connection(args: argparse.Namespace, connect_timeout: float | None) -> Conne
         try:
             roots = load_ca(args.ca_bundle)
         except TLSConfigError as exc:
-            raise UsageError(f"Bad value for --ca-bundle: {exc}") from None
+            raise ClientConfigError(f"Bad value for --ca-bundle: {exc}") from None
     return Connection(endpoint, roots, None, pair, token)
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    if args.endpoint_url:
+        return Endpoint.parse(args.endpoint_url)
+    if variable := os.environ.get(ENDPOINT_ENV):
+        return Endpoint.parse(variable, f"${ENDPOINT_ENV}")
+    return Endpoint.parse(DEFAULT_ENDPOINT)
 
 
 def open_channel(
@@ -150,6 +166,42 @@ def open_channel(
     leads."""
     conn = connection(args, connect_timeout)
     return conn.channel(), conn.endpoint
+
+
+class CallerParser(argparse.ArgumentParser):
+    """The parser of a command that calls a gateway: a bad command line, unknown options
+    included, exits 252 (:attr:`ExitCode.USAGE`), as the AWS CLI v2 exits, instead of argparse's
+    2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # Unknown options are this parser's error, not the top-level parser's (which exits 2).
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unknown(extras))
+        return parsed, extras
+
+    def unknown(self, extras: list[str]) -> str:
+        """The error for arguments no option takes."""
+        return "unrecognized arguments: " + " ".join(extras)
+
+
+def add_caller_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` with a :class:`CallerParser`."""
+    default_class = subparsers._parser_class
+    # argparse creates subparsers through this attribute only.
+    subparsers._parser_class = CallerParser
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = default_class
 
 
 def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -200,7 +252,8 @@ def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentG
 
 def read_token(args: argparse.Namespace) -> str | None:
     """The bearer token: the content of ``--token-file`` (stripped), else ``$GATEWAY_TOKEN``
-    (stripped; empty means none). Raises UsageError, whose message never holds the token."""
+    (stripped; empty means none). Raises ClientConfigError for a token file or variable that
+    cannot be used, UsageError for ``--token``; neither message ever holds the token."""
     if getattr(args, "token_on_command_line", None) is not None:
         raise UsageError(
             "There is no --token option: a token on the command line shows in the process "
@@ -212,13 +265,15 @@ def read_token(args: argparse.Namespace) -> str | None:
         try:
             _, data = read_capped(path, _MAX_TOKEN_FILE, what="token file")
         except ConfigError as exc:
-            raise UsageError(f"Bad value for --token-file: {exc}") from None
+            raise ClientConfigError(f"Bad value for --token-file: {exc}") from None
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:
-            raise UsageError(f"Bad value for --token-file: {path} is not UTF-8 text") from None
+            raise ClientConfigError(
+                f"Bad value for --token-file: {path} is not UTF-8 text"
+            ) from None
         if not token:
-            raise UsageError(f"Bad value for --token-file: {path} is empty")
+            raise ClientConfigError(f"Bad value for --token-file: {path} is empty")
     else:
         source = f"${TOKEN_ENV}"
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -227,7 +282,7 @@ def read_token(args: argparse.Namespace) -> str | None:
     try:
         bearer.check(token)
     except ValueError as exc:
-        raise UsageError(f"Bad value for {source}: {exc}") from None
+        raise ClientConfigError(f"Bad value for {source}: {exc}") from None
     return token
 
 
@@ -246,7 +301,7 @@ def _client_certificate(args: argparse.Namespace, endpoint: Endpoint) -> tuple[s
     try:
         load_pair(cert, key)
     except TLSConfigError as exc:
-        raise UsageError(f"Bad value for --client-cert/--client-key: {exc}") from None
+        raise ClientConfigError(f"Bad value for --client-cert/--client-key: {exc}") from None
     return cert, key
 
 

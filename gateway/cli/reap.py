@@ -8,6 +8,11 @@ lists. It works for both bucket types and needs no AWS credentials of its own: r
 Kubernetes CronJob against the gateway's Service. A gateway that authenticates its callers takes
 a bearer token (--token-file, else $GATEWAY_TOKEN) and/or, over https://, a client certificate
 (--client-cert and --client-key).
+
+Exit status: 0 when every stale upload was aborted (or listed, with --dry-run); 252 for a bad
+command line, 253 for a token, certificate or CA file that cannot be used, 254 when the gateway
+refused to list the uploads or to abort one of them, 255 when it could not be reached, 130 on
+Ctrl-C (gateway.exits).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.cli.connection import add_connection_options, open_channel
-from gateway.exits import ConnectionFailure, ExitCode, UsageError
+from gateway.cli.connection import add_caller_parser, add_connection_options, open_channel
+from gateway.client import status_details
+from gateway.exits import CommandError, ExitCode
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
@@ -63,7 +69,8 @@ def stale_uploads(
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = add_caller_parser(
+        subparsers,
         "reap-uploads",
         help="abort multipart uploads older than a given age",
         description=__doc__,
@@ -85,13 +92,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     try:
-        channel, _ = open_channel(args, connect_timeout=None)
-    except UsageError as exc:
+        channel, endpoint = open_channel(args, connect_timeout=None)
+    except CommandError as exc:
         print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except ConnectionFailure as exc:
-        print(f"s3-upload-gateway reap-uploads: {exc}", file=sys.stderr)
-        return ExitCode.CONNECTION
+        return exc.code
     cutoff = dt.datetime.now(dt.UTC) - args.older_than
     verb = "would abort" if args.dry_run else "aborted"
     found = failed = 0
@@ -105,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 print(f"{verb}\t{stale.key}\t{stale.upload_id}\t{stale.initiated.isoformat()}")
         except grpc.RpcError as error:
+            if _unreachable(error):
+                print(
+                    f"cannot reach the gateway at {endpoint.url}: {error.details()}",
+                    file=sys.stderr,
+                )
+                return ExitCode.CONNECTION
             print(f"cannot list uploads of {args.bucket}: {_describe(error)}", file=sys.stderr)
             return ExitCode.SERVICE_ERROR
     done = found - failed
@@ -132,3 +142,8 @@ def _abort(stub: pb_grpc.UploadServiceStub, bucket: str, stale: Stale) -> bool:
 
 def _describe(error: grpc.RpcError) -> str:
     return f"{error.code().name}: {error.details()}"
+
+
+def _unreachable(error: grpc.RpcError) -> bool:
+    """A call that never reached the gateway: UNAVAILABLE without the gateway's rich status."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and status_details(error) is None

@@ -12,23 +12,33 @@ A gateway that authenticates its callers gets the token of ``--token-file`` or
 uploads a generated file through the gateway, reads it back from the S3 store, compares, and
 prints a summary.
 
-Exit codes follow the other commands: 0 success, 252 bad usage, 254 the upload failed, 255 the
-gateway could not be reached.
+Exit codes follow the other commands (:mod:`gateway.exits`): 0 success, 252 a bad command line
+(an input file that cannot be read included), 253 a token, certificate or CA file that cannot be
+used, 254 the gateway refused the upload, 255 the gateway could not be reached or the upload failed
+on the way, 130 interrupted. Ctrl-C (SIGINT) stops sending, aborts the multipart upload the command
+started and says which; a second Ctrl-C stops waiting for that abort. Input that is not a regular
+file (stdin, a pipe, a FIFO, a device) is read by a daemon thread of its own, so that an interrupt
+never waits for a producer that is still writing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import queue
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -36,8 +46,15 @@ from typing import Any, TextIO
 import grpc
 
 from gateway import checksums
-from gateway.cli.connection import TOKEN_ENV, Connection, add_connection_options, connection
+from gateway.cli.connection import (
+    TOKEN_ENV,
+    Connection,
+    add_caller_parser,
+    add_connection_options,
+    connection,
+)
 from gateway.client import (
+    CHUNK_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     CustomerKey,
@@ -46,8 +63,9 @@ from gateway.client import (
     UploadOptions,
     UploadResult,
 )
-from gateway.exits import ConnectionFailure, ExitCode, UsageError
+from gateway.exits import CommandError, ExitCode, UsageError
 from gateway.units import MiB, format_size, parse_size
+from gateway.v1 import upload_service_pb2 as pb
 
 DEMO_BUCKET = "gateway-demo"
 
@@ -232,7 +250,8 @@ def _customer_key(algorithm: str, key: str) -> CustomerKey | None:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``upload`` and ``demo``."""
-    upload = subparsers.add_parser(
+    upload = add_caller_parser(
+        subparsers,
         "upload",
         help="upload a file through the gateway (multipart, parallel, checksummed)",
         description="Upload FILE (- for stdin) to s3://BUCKET/KEY through a running gateway. "
@@ -247,7 +266,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_connection_options(upload)
     upload.set_defaults(func=run_upload)
 
-    demo = subparsers.add_parser(
+    demo = add_caller_parser(
+        subparsers,
         "demo",
         help="upload a generated file through an in-process gateway and embedded S3",
         description="Start an embedded S3 and a gateway in this process, upload a generated "
@@ -264,24 +284,56 @@ def run_upload(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         bucket, key = parse_destination(args.destination)
+        check_input(args.file)
         target = connection(args, None)
-    except (UsageError, OSError) as exc:
+    except CommandError as exc:
+        return _fail("upload", exc, exc.code)
+    except OSError as exc:  # the file of --sse-c-key
         return _fail("upload", exc, ExitCode.USAGE)
-    except ConnectionFailure as exc:
-        return _fail("upload", exc, ExitCode.CONNECTION)
     progress = ProgressBar(sys.stderr)
     try:
         result = asyncio.run(_upload(target, args.file, bucket, key, options, progress))
+    except Interrupted as exc:
+        progress.finish()
+        print(f"s3-upload-gateway upload: interrupted: {exc}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     except GatewayCallError as exc:
         progress.finish()
         code = ExitCode.CONNECTION if _unreachable(exc) else ExitCode.SERVICE_ERROR
         return _fail("upload", _describe(exc, target.endpoint.url), code)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # an option the client refused (the part size for this input…)
         progress.finish()
-        return _fail("upload", exc, ExitCode.SERVICE_ERROR)
+        return _fail("upload", exc, ExitCode.USAGE)
+    except OSError as exc:  # the input could not be read on the way
+        progress.finish()
+        return _fail("upload", exc, ExitCode.CONNECTION)
     progress.finish()
     print(json.dumps(result_json(result), indent=4))
     return ExitCode.OK
+
+
+def check_input(file: str) -> None:
+    """Refuse an input that cannot be read before anything is sent (UsageError). A FIFO is not
+    opened here: that would wait for its writer."""
+    if file == "-":
+        return
+    try:
+        mode = os.stat(file).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if stat.S_ISREG(mode):
+            with open(file, "rb"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
+class Interrupted(Exception):
+    """Ctrl-C ended the upload; the message says what became of its multipart upload."""
+
+
+#: How long an interrupted upload waits for its multipart upload to be aborted.
+_ABORT_WAIT = 15.0
 
 
 async def _upload(
@@ -292,15 +344,202 @@ async def _upload(
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
 ) -> UploadResult:
-    async with GatewayClient(conn.aio_channel()) as client:
-        if file == "-":
-            return await client.upload_stream(
-                sys.stdin.buffer, bucket, key, None, options, progress
+    """Upload, until done or interrupted: the first SIGINT cancels the upload (the client aborts
+    the multipart upload it started), a second one stops waiting for that abort."""
+    loop = asyncio.get_running_loop()
+    client = _TrackedClient(conn.aio_channel())
+    async with client:
+        sending = asyncio.create_task(_send(client, file, bucket, key, options, progress))
+        interrupts = 0
+        hurry = asyncio.Event()
+
+        def interrupt() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                hurry.set()
+            sending.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            try:
+                return await sending
+            except asyncio.CancelledError:
+                if not interrupts:
+                    raise
+            raise Interrupted(await client.settle(hurry))
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _send(
+    client: GatewayClient,
+    file: str,
+    bucket: str,
+    key: str,
+    options: UploadOptions,
+    progress: Callable[[int, int | None], None],
+) -> UploadResult:
+    if file != "-" and stat.S_ISREG(os.stat(file).st_mode):
+        return await client.upload_file(file, bucket, key, options, progress)
+    reader = InputReader(None if file == "-" else file)
+    return await client.upload_stream(reader.chunks(), bucket, key, None, options, progress)
+
+
+class _TrackedClient(GatewayClient):
+    """A client that knows the multipart upload its upload started and whether it was aborted,
+    so that an interrupted upload can make sure, and say, what became of it."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.request: pb.CreateMultipartUploadRequest | None = None
+        self.upload_id = ""
+        self._creating: asyncio.Future[pb.CreateMultipartUploadResponse] | None = None
+        #: True once aborted; the error of the last attempt, if it failed.
+        self.aborted = False
+        self.abort_error: GatewayCallError | None = None
+
+    async def create_multipart_upload(
+        self, request: pb.CreateMultipartUploadRequest
+    ) -> pb.CreateMultipartUploadResponse:
+        # Shielded: when interrupted, the upload may be created anyway; settle() waits for the
+        # answer and aborts it.
+        self.request = request
+        self._creating = asyncio.ensure_future(super().create_multipart_upload(request))
+        response = await asyncio.shield(self._creating)
+        self.upload_id = response.upload_id
+        return response
+
+    async def abort_multipart_upload(
+        self, request: pb.AbortMultipartUploadRequest
+    ) -> pb.AbortMultipartUploadResponse:
+        try:
+            response = await super().abort_multipart_upload(request)
+        except GatewayCallError as exc:
+            self.abort_error = exc
+            raise
+        self.aborted = True
+        return response
+
+    async def settle(self, hurry: asyncio.Event) -> str:
+        """After an interrupt: abort the multipart upload this client started unless that is
+        done, waiting at most :data:`_ABORT_WAIT` seconds, or until ``hurry`` is set; says what
+        became of it."""
+        finishing = asyncio.ensure_future(self._finish())
+        hurrying = asyncio.ensure_future(hurry.wait())
+        try:
+            await asyncio.wait(
+                {finishing, hurrying}, timeout=_ABORT_WAIT, return_when=asyncio.FIRST_COMPLETED
             )
-        if stat.S_ISREG(os.stat(file).st_mode):
-            return await client.upload_file(file, bucket, key, options, progress)
-        with open(file, "rb") as handle:  # noqa: ASYNC230 - a pipe or device, read in a thread
-            return await client.upload_stream(handle, bucket, key, None, options, progress)
+        finally:
+            finishing.cancel()
+            hurrying.cancel()
+        request, creating = self.request, self._creating
+        if request is None or creating is None:
+            return "nothing was uploaded"
+        where = f"s3://{request.bucket}/{request.key}"
+        if not self.upload_id:
+            if creating.done():  # CreateMultipartUpload failed: nothing to abort
+                return "nothing was uploaded"
+            return (
+                f"a multipart upload of {where} may have been created: look for it with "
+                f"s3-upload-gateway list-multipart-uploads --bucket {request.bucket}"
+            )
+        upload = f"multipart upload {self.upload_id} of {where}"
+        if self.aborted:
+            return f"aborted {upload}"
+        error = self.abort_error
+        if error is not None and error.code == grpc.StatusCode.NOT_FOUND:
+            return f"{upload} was no longer in progress"
+        why = f" ({error.code.name}: {error.message})" if error is not None else ""
+        return (
+            f"{upload} may still be in progress{why}: abort it with s3-upload-gateway "
+            f"abort-multipart-upload --bucket {request.bucket} --key {request.key} "
+            f"--upload-id {self.upload_id}"
+        )
+
+    async def _finish(self) -> None:
+        """Wait for CreateMultipartUpload's answer if it is still on the way, then abort the
+        upload unless it is aborted or gone."""
+        if self._creating is not None and not self._creating.done():
+            with contextlib.suppress(GatewayCallError):
+                self.upload_id = (await asyncio.shield(self._creating)).upload_id
+        if self.request is None or not self.upload_id or self.aborted:
+            return
+        if self.abort_error is not None and self.abort_error.code == grpc.StatusCode.NOT_FOUND:
+            return
+        request = pb.AbortMultipartUploadRequest(
+            bucket=self.request.bucket, key=self.request.key, upload_id=self.upload_id
+        )
+        with contextlib.suppress(GatewayCallError):
+            await self.abort_multipart_upload(request)
+
+
+class InputReader:
+    """The bytes of stdin (``path`` None) or of a pipe, FIFO or device, read by a daemon thread of
+    its own, one read per :meth:`chunks` step.
+
+    Neither ``asyncio.to_thread`` nor a file object will do for an input that may block forever:
+    the interpreter waits for the executor's threads at exit, and a daemon thread blocked in a
+    buffered file's read holds the file's lock then (a fatal error). This thread reads the file
+    descriptor itself; a read nobody waits for any more is left behind, and dies with the
+    process."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._requests: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes]]
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self._read():
+            yield chunk
+
+    async def _read(self) -> bytes:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="upload-input", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._requests.put((loop, future))
+        return await future
+
+    def _serve(self) -> None:
+        fd: int | None = None
+        try:
+            while True:
+                loop, future = self._requests.get()
+                try:
+                    if fd is None:
+                        fd = 0 if self._path is None else os.open(self._path, os.O_RDONLY)
+                    data = os.read(fd, CHUNK_SIZE)
+                except OSError as exc:
+                    _resolve(loop, future, exc)
+                    return
+                _resolve(loop, future, data)
+                if not data:
+                    return
+        finally:
+            if fd is not None and fd != 0:
+                os.close(fd)
+
+
+def _resolve(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[bytes], outcome: bytes | OSError
+) -> None:
+    """Hand a read's outcome to the loop waiting for it (if it still is)."""
+
+    def settle() -> None:
+        if future.done():
+            return
+        if isinstance(outcome, OSError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
 
 
 def result_json(result: UploadResult) -> dict[str, Any]:
@@ -364,8 +603,8 @@ class DemoSummary:
 def run_demo(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
-    except UsageError as exc:
-        return _fail("demo", exc, ExitCode.USAGE)
+    except CommandError as exc:
+        return _fail("demo", exc, exc.code)
     progress = ProgressBar(sys.stderr)
     try:
         summary = asyncio.run(_demo(args.size, options, progress))

@@ -23,9 +23,10 @@ Commands work on S3-shaped dictionaries as the aws CLI does, one module per step
 * :mod:`~gateway.cli.s3api.errors`: a failed call is reported as the aws CLI reports a failed
   request.
 
-Exit codes are the aws CLI's (v2 numbering, :class:`gateway.exits.ExitCode`): 0 success, 252 usage
-error (argparse's 2 is replaced for these commands), 254 error answered by the gateway or S3, 255
-gateway unreachable.
+Exit codes are the aws CLI's (v2 numbering, :class:`gateway.exits.ExitCode`): 0 success, 130
+interrupted (Ctrl-C), 252 usage error (argparse's 2 is replaced for these commands), 253 a token,
+certificate or CA file, or a ``GATEWAY_*`` variable, that cannot be used, 254 error answered by the
+gateway or S3, 255 gateway unreachable.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -50,14 +51,14 @@ from botocore.utils import ArgumentGenerator
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from gateway.cli.connection import add_connection_options
+from gateway.cli.connection import CallerParser, add_connection_options
 from gateway.cli.s3api.calls import Gateway
 from gateway.cli.s3api.errors import report_rpc_error
 from gateway.cli.s3api.model import Command, is_streaming
 from gateway.cli.s3api.output import Output, json_default
 from gateway.cli.s3api.pagination import add_paging_options, paginate, requested_paging
 from gateway.cli.s3api.params import build_request, collect_params
-from gateway.exits import ConnectionFailure, ExitCode, UsageError
+from gateway.exits import CommandError, ExitCode, UsageError
 from gateway.v1 import upload_service_pb2 as pb
 
 _DEFAULT_CONNECT_TIMEOUT = 60.0
@@ -83,7 +84,7 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-class S3ApiParser(argparse.ArgumentParser):
+class S3ApiParser(CallerParser):
     """Reports usage errors as the aws CLI does, exiting 252 rather than argparse's 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -92,13 +93,8 @@ class S3ApiParser(argparse.ArgumentParser):
             ExitCode.USAGE, _USAGE_BANNER.format(top=top) + f"{self.prog}: error: {message}\n"
         )
 
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error("Unknown options: " + ", ".join(extras))
-        return parsed, extras
+    def unknown(self, extras: list[str]) -> str:
+        return "Unknown options: " + ", ".join(extras)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -237,12 +233,13 @@ def _run_command(command: Command, parser: S3ApiParser, args: argparse.Namespace
         return _print_input_skeleton(command)
     try:
         return _run(command, parser, args)
-    except UsageError as exc:
+    except CommandError as exc:
         sys.stderr.write(f"\n{exc}\n")
-        return ExitCode.USAGE
-    except ConnectionFailure as exc:
-        sys.stderr.write(f"\n{exc}\n")
-        return ExitCode.CONNECTION
+        return exc.code
+    except KeyboardInterrupt:
+        # What the aws CLI does on Ctrl-C: a newline on stdout, 128 + SIGINT.
+        sys.stdout.write("\n")
+        return ExitCode.INTERRUPTED
 
 
 def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int:
