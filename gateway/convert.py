@@ -17,8 +17,11 @@ Both directions of both kinds of message live here:
   answers) and :func:`to_response` (a response message -> the dict botocore would have returned,
   what the CLI prints).
 
-Proto3 cannot tell an empty string or a 0 from an absent member: such values are not sent, and
-:func:`to_response` leaves them out, except the few integers S3 always sends.
+Proto3 cannot tell an empty string or a 0 from an absent member unless the field has presence.
+The response fields S3 may send empty (ETags, owners' names and ids, list markers) are
+``optional`` in the proto: :func:`from_response` sets them whenever S3 sent them, even empty, and
+:func:`to_response` gives back exactly what was set, "" and 0 included, as botocore would. Other
+fields that are empty or 0 are left out, except the few integers S3 always sends.
 """
 
 from __future__ import annotations
@@ -233,6 +236,7 @@ def _fill_message(target: Message, value: Any, shape: Shape) -> None:
     if isinstance(target, Timestamp):
         target.FromDatetime(value)
     elif isinstance(shape, StructureShape):
+        target.SetInParent()  # present even when S3 sent it empty (<Owner/>)
         _fill(target, value, shape)
 
 
@@ -296,8 +300,11 @@ def _field_output(
         if _is_timestamp(fd):
             return timestamp(value.ToDatetime(tzinfo=dt.UTC), shape)
         return _structure_output(value, _members(shape).items(), timestamp)
-    if fd.has_presence and not message.HasField(fd.name):
-        return None
+    if fd.has_presence:
+        if not message.HasField(fd.name):
+            return None
+        if fd.enum_type is None and fd.type != FieldDescriptor.TYPE_BOOL:
+            return int(value) if shape.type_name in ("integer", "long") else value  # "" and 0 too
     return _scalar_output(value, fd, shape, name)
 
 

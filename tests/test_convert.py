@@ -142,13 +142,65 @@ def test_responses_go_both_ways(operation: str) -> None:
 
 
 def test_empty_values_are_absent_except_integers_s3_always_sends() -> None:
-    page = pb.ListPartsResponse(parts=[pb.Part(part_number=1, size=0, etag="")])
+    page = pb.ListPartsResponse(parts=[pb.Part(part_number=1, size=0, checksum_crc32="")])
     printed = convert.to_response(page, "ListParts")
     assert printed == {
         "PartNumberMarker": 0,
         "IsTruncated": False,
         "Parts": [{"PartNumber": 1, "Size": 0}],
     }
+
+
+@pytest.mark.parametrize(
+    ("operation", "answer"),
+    [
+        ("UploadPart", {"ETag": ""}),
+        ("CompleteMultipartUpload", {"Bucket": "b", "Key": "k", "ETag": ""}),
+        ("UploadPartCopy", {"CopyPartResult": {"ETag": ""}}),
+        (
+            "ListParts",
+            {
+                "PartNumberMarker": 5,
+                "NextPartNumberMarker": 0,
+                "IsTruncated": False,
+                "Parts": [{"PartNumber": 1, "ETag": "", "Size": 3}],
+                "Initiator": {"ID": "", "DisplayName": ""},
+                "Owner": {"DisplayName": "", "ID": ""},
+            },
+        ),
+        ("ListParts", {"PartNumberMarker": 0, "IsTruncated": False, "Owner": {}}),
+        (
+            "ListMultipartUploads",
+            {
+                "Bucket": "b",
+                "KeyMarker": "",
+                "UploadIdMarker": "",
+                "NextKeyMarker": "",
+                "Prefix": "",
+                "Delimiter": "",
+                "NextUploadIdMarker": "",
+                "IsTruncated": False,
+                "Uploads": [{"UploadId": "u", "Key": "k", "Owner": {"DisplayName": "", "ID": ""}}],
+            },
+        ),
+    ],
+    ids=["part-etag", "complete-etag", "copy-etag", "owner-and-marker", "empty-owner", "markers"],
+)
+def test_empty_values_s3_sent_come_back(operation: str, answer: dict[str, Any]) -> None:
+    """What S3 sent empty ("" or 0, an empty structure) is told from what it did not send."""
+    _, response = _messages(operation)
+    message = convert.from_response(answer, response(), operation)
+    assert convert.to_response(message, operation) == answer
+    # ... and over the wire: the empty values are sent.
+    again = response.FromString(message.SerializeToString())
+    assert convert.to_response(again, operation) == answer
+
+
+def test_absent_values_stay_absent() -> None:
+    message = convert.from_response(
+        {"Bucket": "b", "Key": "k"}, pb.CompleteMultipartUploadResponse(), "CompleteMultipartUpload"
+    )
+    assert convert.to_response(message, "CompleteMultipartUpload") == {"Bucket": "b", "Key": "k"}
 
 
 def test_timestamps_can_be_rendered() -> None:

@@ -7,6 +7,9 @@ Field names mirror the S3 API and the `aws s3api` command options in snake_case.
 as the base64 strings S3 uses (base64 of the big-endian digest); ETags travel verbatim, with the
 quotes S3 puts around them. Values from S3's own vocabularies (storage classes, encryption modes,
 canned ACLs, request payer) use S3's spelling and are checked by the gateway against S3's list.
+Response fields S3 may send empty (ETags, owners' and initiators' names and ids, the markers of
+ListMultipartUploads, ListParts' next_part_number_marker) are `optional`: they are set, even to
+"" or 0, exactly when S3 sent them, so that a client can tell an empty value from an absent one.
 
 Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (domain
 "s3-upload-gateway", a reason from ErrorReason, metadata such as `s3ErrorCode`, `s3Message`,
@@ -778,7 +781,7 @@ class UploadPartResponse(_message.Message):
     def __init__(
         self,
         *,
-        etag: _builtins.str = ...,
+        etag: _builtins.str | None = ...,
         checksum_crc32: _builtins.str = ...,
         checksum_crc32c: _builtins.str = ...,
         checksum_crc64nvme: _builtins.str = ...,
@@ -796,13 +799,18 @@ class UploadPartResponse(_message.Message):
         bucket_key_enabled: _builtins.bool | None = ...,
         request_charged: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "bucket_key_enabled", b"bucket_key_enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket_key_enabled", b"bucket_key_enabled", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "bucket_key_enabled", b"bucket_key_enabled", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "request_charged", b"request_charged", "server_side_encryption", b"server_side_encryption", "sse_customer_algorithm", b"sse_customer_algorithm", "sse_customer_key_md5", b"sse_customer_key_md5", "ssekms_key_id", b"ssekms_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket_key_enabled", b"bucket_key_enabled", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "request_charged", b"request_charged", "server_side_encryption", b"server_side_encryption", "sse_customer_algorithm", b"sse_customer_algorithm", "sse_customer_key_md5", b"sse_customer_key_md5", "ssekms_key_id", b"ssekms_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bucket_key_enabled: _TypeAlias = _typing.Literal["bucket_key_enabled"]  # noqa: Y015
     _WhichOneofArgType__bucket_key_enabled: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__bucket_key_enabled) -> _WhichOneofReturnType__bucket_key_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
 
 Global___UploadPartResponse: _TypeAlias = UploadPartResponse  # noqa: Y015
 
@@ -1233,7 +1241,7 @@ class CopyPartResult(_message.Message):
     def __init__(
         self,
         *,
-        etag: _builtins.str = ...,
+        etag: _builtins.str | None = ...,
         last_modified: _timestamp_pb2.Timestamp | None = ...,
         checksum_crc32: _builtins.str = ...,
         checksum_crc32c: _builtins.str = ...,
@@ -1246,11 +1254,13 @@ class CopyPartResult(_message.Message):
         checksum_xxhash3: _builtins.str = ...,
         checksum_xxhash128: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_modified", b"last_modified"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "last_modified", b"last_modified"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "last_modified", b"last_modified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "last_modified", b"last_modified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
 
 Global___CopyPartResult: _TypeAlias = CopyPartResult  # noqa: Y015
 
@@ -1564,7 +1574,7 @@ class CompleteMultipartUploadResponse(_message.Message):
         bucket: _builtins.str = ...,
         key: _builtins.str = ...,
         expiration: _builtins.str = ...,
-        etag: _builtins.str = ...,
+        etag: _builtins.str | None = ...,
         checksum_crc32: _builtins.str = ...,
         checksum_crc32c: _builtins.str = ...,
         checksum_crc64nvme: _builtins.str = ...,
@@ -1582,13 +1592,18 @@ class CompleteMultipartUploadResponse(_message.Message):
         bucket_key_enabled: _builtins.bool | None = ...,
         request_charged: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "bucket_key_enabled", b"bucket_key_enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket_key_enabled", b"bucket_key_enabled", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "bucket", b"bucket", "bucket_key_enabled", b"bucket_key_enabled", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_type", b"checksum_type", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "expiration", b"expiration", "key", b"key", "location", b"location", "request_charged", b"request_charged", "server_side_encryption", b"server_side_encryption", "ssekms_key_id", b"ssekms_key_id", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket", b"bucket", "bucket_key_enabled", b"bucket_key_enabled", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_type", b"checksum_type", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "expiration", b"expiration", "key", b"key", "location", b"location", "request_charged", b"request_charged", "server_side_encryption", b"server_side_encryption", "ssekms_key_id", b"ssekms_key_id", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bucket_key_enabled: _TypeAlias = _typing.Literal["bucket_key_enabled"]  # noqa: Y015
     _WhichOneofArgType__bucket_key_enabled: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__bucket_key_enabled) -> _WhichOneofReturnType__bucket_key_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
 
 Global___CompleteMultipartUploadResponse: _TypeAlias = CompleteMultipartUploadResponse  # noqa: Y015
 
@@ -1673,14 +1688,21 @@ class Owner(_message.Message):
     def __init__(
         self,
         *,
-        display_name: _builtins.str = ...,
-        id: _builtins.str = ...,
+        display_name: _builtins.str | None = ...,
+        id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_id", b"_id", "display_name", b"display_name", "id", b"id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_id", b"_id", "display_name", b"display_name", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
+    _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
 
 Global___Owner: _TypeAlias = Owner  # noqa: Y015
 
@@ -1699,14 +1721,21 @@ class Initiator(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
-        display_name: _builtins.str = ...,
+        id: _builtins.str | None = ...,
+        display_name: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_id", b"_id", "display_name", b"display_name", "id", b"id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_id", b"_id", "display_name", b"display_name", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
+    _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
 
 Global___Initiator: _TypeAlias = Initiator  # noqa: Y015
 
@@ -1765,7 +1794,7 @@ class Part(_message.Message):
         *,
         part_number: _builtins.int = ...,
         last_modified: _timestamp_pb2.Timestamp | None = ...,
-        etag: _builtins.str = ...,
+        etag: _builtins.str | None = ...,
         size: _builtins.int = ...,
         checksum_crc32: _builtins.str = ...,
         checksum_crc32c: _builtins.str = ...,
@@ -1778,11 +1807,13 @@ class Part(_message.Message):
         checksum_xxhash3: _builtins.str = ...,
         checksum_xxhash128: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_modified", b"last_modified"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "last_modified", b"last_modified"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "last_modified", b"last_modified", "part_number", b"part_number", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "etag", b"etag", "last_modified", b"last_modified", "part_number", b"part_number", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
 
 Global___Part: _TypeAlias = Part  # noqa: Y015
 
@@ -1915,7 +1946,7 @@ class ListPartsResponse(_message.Message):
         key: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         part_number_marker: _builtins.int = ...,
-        next_part_number_marker: _builtins.int = ...,
+        next_part_number_marker: _builtins.int | None = ...,
         max_parts: _builtins.int = ...,
         is_truncated: _builtins.bool = ...,
         parts: _abc.Iterable[Global___Part] | None = ...,
@@ -1926,11 +1957,13 @@ class ListPartsResponse(_message.Message):
         checksum_algorithm: Global___ChecksumAlgorithm.ValueType = ...,
         checksum_type: Global___ChecksumType.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort_date", b"abort_date", "initiator", b"initiator", "owner", b"owner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_next_part_number_marker", b"_next_part_number_marker", "abort_date", b"abort_date", "initiator", b"initiator", "next_part_number_marker", b"next_part_number_marker", "owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_date", b"abort_date", "abort_rule_id", b"abort_rule_id", "bucket", b"bucket", "checksum_algorithm", b"checksum_algorithm", "checksum_type", b"checksum_type", "initiator", b"initiator", "is_truncated", b"is_truncated", "key", b"key", "max_parts", b"max_parts", "next_part_number_marker", b"next_part_number_marker", "owner", b"owner", "part_number_marker", b"part_number_marker", "parts", b"parts", "request_charged", b"request_charged", "storage_class", b"storage_class", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_next_part_number_marker", b"_next_part_number_marker", "abort_date", b"abort_date", "abort_rule_id", b"abort_rule_id", "bucket", b"bucket", "checksum_algorithm", b"checksum_algorithm", "checksum_type", b"checksum_type", "initiator", b"initiator", "is_truncated", b"is_truncated", "key", b"key", "max_parts", b"max_parts", "next_part_number_marker", b"next_part_number_marker", "owner", b"owner", "part_number_marker", b"part_number_marker", "parts", b"parts", "request_charged", b"request_charged", "storage_class", b"storage_class", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__next_part_number_marker: _TypeAlias = _typing.Literal["next_part_number_marker"]  # noqa: Y015
+    _WhichOneofArgType__next_part_number_marker: _TypeAlias = _typing.Literal["_next_part_number_marker", b"_next_part_number_marker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_part_number_marker) -> _WhichOneofReturnType__next_part_number_marker | None: ...
 
 Global___ListPartsResponse: _TypeAlias = ListPartsResponse  # noqa: Y015
 
@@ -2099,12 +2132,12 @@ class ListMultipartUploadsResponse(_message.Message):
         self,
         *,
         bucket: _builtins.str = ...,
-        key_marker: _builtins.str = ...,
-        upload_id_marker: _builtins.str = ...,
-        next_key_marker: _builtins.str = ...,
-        prefix: _builtins.str = ...,
-        delimiter: _builtins.str = ...,
-        next_upload_id_marker: _builtins.str = ...,
+        key_marker: _builtins.str | None = ...,
+        upload_id_marker: _builtins.str | None = ...,
+        next_key_marker: _builtins.str | None = ...,
+        prefix: _builtins.str | None = ...,
+        delimiter: _builtins.str | None = ...,
+        next_upload_id_marker: _builtins.str | None = ...,
         max_uploads: _builtins.int = ...,
         is_truncated: _builtins.bool = ...,
         uploads: _abc.Iterable[Global___MultipartUpload] | None = ...,
@@ -2112,10 +2145,33 @@ class ListMultipartUploadsResponse(_message.Message):
         encoding_type: _builtins.str = ...,
         request_charged: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delimiter", b"_delimiter", "_key_marker", b"_key_marker", "_next_key_marker", b"_next_key_marker", "_next_upload_id_marker", b"_next_upload_id_marker", "_prefix", b"_prefix", "_upload_id_marker", b"_upload_id_marker", "delimiter", b"delimiter", "key_marker", b"key_marker", "next_key_marker", b"next_key_marker", "next_upload_id_marker", b"next_upload_id_marker", "prefix", b"prefix", "upload_id_marker", b"upload_id_marker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "common_prefixes", b"common_prefixes", "delimiter", b"delimiter", "encoding_type", b"encoding_type", "is_truncated", b"is_truncated", "key_marker", b"key_marker", "max_uploads", b"max_uploads", "next_key_marker", b"next_key_marker", "next_upload_id_marker", b"next_upload_id_marker", "prefix", b"prefix", "request_charged", b"request_charged", "upload_id_marker", b"upload_id_marker", "uploads", b"uploads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delimiter", b"_delimiter", "_key_marker", b"_key_marker", "_next_key_marker", b"_next_key_marker", "_next_upload_id_marker", b"_next_upload_id_marker", "_prefix", b"_prefix", "_upload_id_marker", b"_upload_id_marker", "bucket", b"bucket", "common_prefixes", b"common_prefixes", "delimiter", b"delimiter", "encoding_type", b"encoding_type", "is_truncated", b"is_truncated", "key_marker", b"key_marker", "max_uploads", b"max_uploads", "next_key_marker", b"next_key_marker", "next_upload_id_marker", b"next_upload_id_marker", "prefix", b"prefix", "request_charged", b"request_charged", "upload_id_marker", b"upload_id_marker", "uploads", b"uploads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__delimiter: _TypeAlias = _typing.Literal["delimiter"]  # noqa: Y015
+    _WhichOneofArgType__delimiter: _TypeAlias = _typing.Literal["_delimiter", b"_delimiter"]  # noqa: Y015
+    _WhichOneofReturnType__key_marker: _TypeAlias = _typing.Literal["key_marker"]  # noqa: Y015
+    _WhichOneofArgType__key_marker: _TypeAlias = _typing.Literal["_key_marker", b"_key_marker"]  # noqa: Y015
+    _WhichOneofReturnType__next_key_marker: _TypeAlias = _typing.Literal["next_key_marker"]  # noqa: Y015
+    _WhichOneofArgType__next_key_marker: _TypeAlias = _typing.Literal["_next_key_marker", b"_next_key_marker"]  # noqa: Y015
+    _WhichOneofReturnType__next_upload_id_marker: _TypeAlias = _typing.Literal["next_upload_id_marker"]  # noqa: Y015
+    _WhichOneofArgType__next_upload_id_marker: _TypeAlias = _typing.Literal["_next_upload_id_marker", b"_next_upload_id_marker"]  # noqa: Y015
+    _WhichOneofReturnType__prefix: _TypeAlias = _typing.Literal["prefix"]  # noqa: Y015
+    _WhichOneofArgType__prefix: _TypeAlias = _typing.Literal["_prefix", b"_prefix"]  # noqa: Y015
+    _WhichOneofReturnType__upload_id_marker: _TypeAlias = _typing.Literal["upload_id_marker"]  # noqa: Y015
+    _WhichOneofArgType__upload_id_marker: _TypeAlias = _typing.Literal["_upload_id_marker", b"_upload_id_marker"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delimiter) -> _WhichOneofReturnType__delimiter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_marker) -> _WhichOneofReturnType__key_marker | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_key_marker) -> _WhichOneofReturnType__next_key_marker | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_upload_id_marker) -> _WhichOneofReturnType__next_upload_id_marker | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prefix) -> _WhichOneofReturnType__prefix | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_id_marker) -> _WhichOneofReturnType__upload_id_marker | None: ...
 
 Global___ListMultipartUploadsResponse: _TypeAlias = ListMultipartUploadsResponse  # noqa: Y015

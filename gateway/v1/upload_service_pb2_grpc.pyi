@@ -7,6 +7,9 @@ Field names mirror the S3 API and the `aws s3api` command options in snake_case.
 as the base64 strings S3 uses (base64 of the big-endian digest); ETags travel verbatim, with the
 quotes S3 puts around them. Values from S3's own vocabularies (storage classes, encryption modes,
 canned ACLs, request payer) use S3's spelling and are checked by the gateway against S3's list.
+Response fields S3 may send empty (ETags, owners' and initiators' names and ids, the markers of
+ListMultipartUploads, ListParts' next_part_number_marker) are `optional`: they are set, even to
+"" or 0, exactly when S3 sent them, so that a client can tell an empty value from an absent one.
 
 Every error carries a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo` (domain
 "s3-upload-gateway", a reason from ErrorReason, metadata such as `s3ErrorCode`, `s3Message`,
