@@ -44,10 +44,16 @@ def gateway_cli(*args: str, endpoint: str | None, env: Mapping[str, str] | None 
     )
 
 
-def aws_cli(*args: str, endpoint: str, max_attempts: int | None = None) -> Result:
-    """``aws s3api <args> --endpoint-url <S3>`` with the aws CLI v1 of the test environment."""
+def aws_cli(
+    *args: str,
+    endpoint: str,
+    max_attempts: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """``aws s3api <args> --endpoint-url <S3>`` with the aws CLI v1 of the test environment;
+    ``env`` adds variables (another store's credentials)."""
     command = [sys.executable, "-m", "awscli", "s3api", *args, "--endpoint-url", endpoint]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if max_attempts is not None:
         env["AWS_MAX_ATTEMPTS"] = str(max_attempts)
     return subprocess.run(

@@ -335,6 +335,67 @@ def test_manual_paging_prints_the_raw_page_like_aws(
     )
 
 
+def test_empty_markers_print_as_aws_prints_them(
+    new_bucket: str, s3_sync: Any, gateway_address: str, moto_endpoint: str
+) -> None:
+    """moto sends an empty KeyMarker and UploadIdMarker, as S3 does; one page prints them."""
+    s3_sync.create_multipart_upload(Bucket=new_bucket, Key=KEY)
+    for options in (["--no-paginate"], ["--max-uploads", "5"], []):
+        args = ["list-multipart-uploads", "--bucket", new_bucket, *options]
+        ours = gateway_cli(*args, endpoint=gateway_address)
+        theirs = aws_cli(*args, endpoint=moto_endpoint)
+        assert ours.stdout == theirs.stdout, options
+        if options:  # one page, printed whole
+            assert (output_of(ours)["KeyMarker"], output_of(ours)["UploadIdMarker"]) == ("", "")
+
+
+# --- global options ------------------------------------------------------------------------------
+
+
+def test_table_colours_are_aws_colours(
+    new_bucket: str, s3_sync: Any, gateway_address: str, moto_endpoint: str
+) -> None:
+    upload_id = s3_sync.create_multipart_upload(Bucket=new_bucket, Key=KEY)["UploadId"]
+    for number in (1, 2):
+        s3_sync.upload_part(
+            Bucket=new_bucket, Key=KEY, UploadId=upload_id, PartNumber=number, Body=b"x"
+        )
+    args = ["list-parts", "--bucket", new_bucket, "--key", KEY, "--upload-id", upload_id]
+    for color in ("on", "off", "auto"):
+        options = ["--output", "table", "--color", color]
+        ours = gateway_cli(*args, *options, endpoint=gateway_address)
+        theirs = aws_cli(*args, *options, endpoint=moto_endpoint)
+        assert (ours.returncode, ours.stdout) == (0, theirs.stdout), color
+        # Not a terminal: "auto" is "off".
+        assert ("\x1b[1m\x1b[34m" in ours.stdout) == (color == "on")
+
+
+def test_aws_global_options_are_accepted(
+    new_bucket: str, s3_sync: Any, gateway_address: str, moto_endpoint: str
+) -> None:
+    """Options pasted from an aws command line work, and change nothing the gateway decides."""
+    upload_id = s3_sync.create_multipart_upload(Bucket=new_bucket, Key=KEY)["UploadId"]
+    args = ["list-parts", "--bucket", new_bucket, "--key", KEY, "--upload-id", upload_id]
+    pasted = [
+        *("--region", "eu-west-3", "--profile", "production", "--no-cli-pager"),
+        *("--color", "off", "--cli-read-timeout", "30", "--cli-connect-timeout", "5"),
+        "--no-paginate",
+    ]
+    ours = gateway_cli(*args, *pasted, endpoint=gateway_address)
+    theirs = aws_cli(*args, "--region", "eu-west-3", "--no-paginate", endpoint=moto_endpoint)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+    assert "IsTruncated" in output_of(ours)  # one raw page, not the paginated whole
+
+
+def test_help_says_what_region_and_profile_mean_here() -> None:
+    result = gateway_cli("list-parts", "--help", endpoint=None)
+    text = " ".join(result.stdout.split())
+    for option in ("--region", "--profile", "--color", "--no-cli-pager", "--no-paginate"):
+        assert option in text, option
+    assert "the gateway holds the AWS credentials" in text
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
@@ -633,6 +694,9 @@ def test_every_aws_option_has_a_counterpart() -> None:
         "--ca-bundle",
         "--cli-read-timeout",
         "--cli-connect-timeout",
+        "--region",
+        "--profile",
+        "--color",
     }
     for command in COMMANDS:
         shape = model["shapes"][model["operations"][command.operation]["input"]["shape"]]
@@ -867,26 +931,45 @@ class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
         return self._trailing
 
 
+_GONE = "S3 AbortMultipartUpload failed: NoSuchUpload (HTTP 404)"
+
+
 @pytest.mark.parametrize(
-    ("metadata", "printed"),
+    ("metadata", "details", "printed"),
     [
-        ({"s3ErrorCode": "NoSuchUpload", "s3Message": "Gone."}, "Gone."),
-        ({"s3ErrorCode": "NoSuchUpload"}, "The specified upload does not exist."),  # older gateway
-        ({"s3ErrorCode": "NoSuchUpload", "s3Message": ""}, ""),
+        (
+            {"s3ErrorCode": "NoSuchUpload", "s3Message": "Gone.", "httpStatus": "404"},
+            f"{_GONE}: Gone.",
+            "Gone.",
+        ),
+        (  # a gateway older than s3Message
+            {"s3ErrorCode": "NoSuchUpload", "httpStatus": "404"},
+            f"{_GONE}: The specified upload does not exist.",
+            "The specified upload does not exist.",
+        ),
+        (  # S3 sent no message (Ceph RGW): the gateway sends no s3Message
+            {"s3ErrorCode": "NoSuchUpload", "httpStatus": "404"},
+            _GONE,
+            "S3 sent no message (HTTP 404 Not Found)",
+        ),
+        (
+            {"s3ErrorCode": "NoSuchUpload", "s3Message": "", "httpStatus": "404"},
+            _GONE,
+            "S3 sent no message (HTTP 404 Not Found)",
+        ),
     ],
+    ids=["s3-message", "older-gateway", "no-message", "empty-message"],
 )
 def test_s3_message_is_s3s_own(
-    metadata: dict[str, str], printed: str, capsys: pytest.CaptureFixture[str]
+    metadata: dict[str, str], details: str, printed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from google.rpc import error_details_pb2
 
     from gateway.cli.s3api.errors import report_rpc_error
 
     command = next(c for c in COMMANDS if c.operation == "AbortMultipartUpload")
-    text = "S3 AbortMultipartUpload failed: NoSuchUpload (HTTP 404): "
-    text += "The specified upload does not exist."
     info = error_details_pb2.ErrorInfo(reason="NO_SUCH_UPLOAD", metadata=metadata)
-    code = report_rpc_error(_FailedCall(grpc.StatusCode.NOT_FOUND, text, info), command, "url")
+    code = report_rpc_error(_FailedCall(grpc.StatusCode.NOT_FOUND, details, info), command, "url")
     assert code == 254
     head = "\nAn error occurred (NoSuchUpload) when calling the AbortMultipartUpload operation:"
     assert capsys.readouterr().err == f"{head} {printed}\n"

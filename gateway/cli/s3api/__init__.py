@@ -51,7 +51,7 @@ from botocore.utils import ArgumentGenerator
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from gateway.cli.connection import CallerParser, add_connection_options
+from gateway.cli.connection import TOKEN_ENV, CallerParser, add_connection_options
 from gateway.cli.s3api.calls import Gateway
 from gateway.cli.s3api.errors import report_rpc_error
 from gateway.cli.s3api.model import Command, is_streaming
@@ -60,6 +60,8 @@ from gateway.cli.s3api.pagination import add_paging_options, paginate, requested
 from gateway.cli.s3api.params import build_request, collect_params
 from gateway.exits import CommandError, ExitCode, UsageError
 from gateway.v1 import upload_service_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_CONNECT_TIMEOUT = 60.0
 _LOG_FORMAT = "%(asctime)s - %(threadName)s - %(name)s - %(levelname)s - %(message)s"
@@ -203,6 +205,31 @@ def _add_global_options(group: argparse._ArgumentGroup) -> None:
         "--output", choices=("json", "text", "table"), default="json", help="Output format."
     )
     group.add_argument("--query", metavar="<value>", help="A JMESPath query to filter the output.")
+    group.add_argument(
+        "--color",
+        choices=("on", "off", "auto"),
+        default="auto",
+        help="Colour of --output table, as the aws CLI colours it: on, off, or auto (on when "
+        "stdout is a terminal; the default).",
+    )
+    group.add_argument(
+        "--region",
+        metavar="<value>",
+        help="Accepted, as in aws command lines, and ignored: the gateway holds the AWS "
+        "credentials and calls S3 in the region it is configured with (GATEWAY_S3_REGION).",
+    )
+    group.add_argument(
+        "--profile",
+        metavar="<value>",
+        help="Accepted, as in aws command lines, and ignored: the gateway holds the AWS "
+        "credentials; this command authenticates to the gateway with --token-file, "
+        f"${TOKEN_ENV} or --client-cert.",
+    )
+    group.add_argument(
+        "--no-cli-pager",
+        action="store_true",
+        help="Accepted, as in aws command lines, and ignored: output is never paged.",
+    )
     add_connection_options(group)
     group.add_argument(
         "--cli-read-timeout",
@@ -252,7 +279,10 @@ def _run(command: Command, parser: S3ApiParser, args: argparse.Namespace) -> int
     if missing:
         parser.error("the following arguments are required: " + ", ".join(missing))
     build_request(command, params)  # reject values the proto cannot carry before connecting
-    output = Output(args.output, _compile_query(args.query), command.operation)
+    for option in ("region", "profile"):
+        if getattr(args, option) is not None:
+            log.debug("Ignoring --%s: the gateway holds the AWS credentials", option)
+    output = Output(args.output, _compile_query(args.query), command.operation, color=args.color)
     if args.generate_cli_skeleton == "output":
         sample = ArgumentGenerator(use_member_names=True).generate_skeleton(command.output_shape)
         output.emit(sample)

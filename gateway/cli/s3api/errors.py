@@ -2,13 +2,16 @@
 
 With S3's error code and message when S3 answered (the ErrorInfo's ``s3ErrorCode`` and
 ``s3Message``), else the gateway's ErrorInfo reason and message, else the gRPC code; the rich
-status is read with :func:`gateway.client.status_details`. A call that never reached the gateway
-(no rich status: connection refused, TLS failure, deadline) is reported in the aws CLI's words for
-an unreachable endpoint.
+status is read with :func:`gateway.client.status_details`. When S3 sent no message (Ceph RGW sends
+none), the HTTP status stands in for it: the aws CLI has nothing useful to print then (botocore's
+message is "None", and awscli's own error handler fails on it). A call that never reached the
+gateway (no rich status: connection refused, TLS failure, deadline) is reported in the aws CLI's
+words for an unreachable endpoint.
 """
 
 from __future__ import annotations
 
+import http
 import logging
 import re
 import sys
@@ -62,9 +65,22 @@ def _s3_message(info: error_details_pb2.ErrorInfo, details: str, operation: str)
     """S3's own message, which the aws CLI prints alone: the ErrorInfo's ``s3Message``. The
     gateway leaves it out when S3's message is empty, and gateways older than ``s3Message`` only
     word it into the status message, "S3 <operation> failed: <code> (HTTP <n>): <message>": then
-    it is what follows that prefix."""
+    it is what follows that prefix. No message at all: the HTTP status, said to be all there is."""
     if "s3Message" in info.metadata:
-        return str(info.metadata["s3Message"])
-    code = re.escape(info.metadata["s3ErrorCode"])
-    prefix = re.match(rf"S3 {re.escape(operation)} failed: {code} \(HTTP \d+\)(?:: )?", details)
-    return details[prefix.end() :] if prefix else details
+        message = str(info.metadata["s3Message"])
+    else:
+        code = re.escape(info.metadata["s3ErrorCode"])
+        pattern = rf"S3 {re.escape(operation)} failed: {code} \(HTTP \d+\)(?:: )?"
+        prefix = re.match(pattern, details)
+        message = details[prefix.end() :] if prefix else details
+    return message or f"S3 sent no message ({_http_status(info)})"
+
+
+def _http_status(info: error_details_pb2.ErrorInfo) -> str:
+    """``HTTP 404 Not Found``, from the ErrorInfo's ``httpStatus``."""
+    status = info.metadata.get("httpStatus", "")
+    try:
+        phrase = http.HTTPStatus(int(status)).phrase
+    except ValueError:
+        return f"HTTP {status}" if status else "no HTTP status either"
+    return f"HTTP {status} {phrase}"

@@ -3,9 +3,11 @@
 A port of the aws CLI's formatters, awscli 1.46.3 (the aws CLI of the test extras; tests/test_cli.py
 compares the output with awscli's own for sample data): :class:`Output` follows
 ``awscli.formatter`` (``JSONFormatter``, ``TextFormatter``, ``TableFormatter``), :func:`text_lines`
-follows ``awscli.text.format_text``, and :func:`table_lines` ``awscli.table.MultiTable`` with the
-uncoloured ``Styler`` (``--color off``). Timestamps print as the aws CLI v1 prints them by default:
-verbatim as S3 sent them (:func:`format_timestamp`).
+follows ``awscli.text.format_text``, and :func:`table_text` ``awscli.table.MultiTable`` with
+``awscli.table``'s ``Styler`` (``--color off``) or ``ColorizedStyler`` (``--color on``, and
+``auto`` when stdout is a terminal): cell values bright blue, the edges of nested sections dim
+yellow. Timestamps print as the aws CLI v1 prints them by default: verbatim as S3 sent them
+(:func:`format_timestamp`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Output:
     query: ParsedResult | None
     title: str
     stream: IO[str] = field(default_factory=lambda: sys.stdout)
+    #: ``--color``: on, off, or auto (on when ``stream`` is a terminal); tables only.
+    color: str = "auto"
 
     def emit(self, data: Any) -> None:
         self._write(self._filter(data))
@@ -82,8 +86,16 @@ class Output:
         elif self.form == "text":
             self.stream.writelines(line + "\n" for line in text_lines(data))
         else:
-            self.stream.writelines(line + "\n" for line in table_lines(self.title, data))
+            self.stream.write(table_text(self.title, data, colored=self._colored()))
         self.stream.flush()
+
+    def _colored(self) -> bool:
+        if self.color == "auto":
+            try:
+                return self.stream.isatty()
+            except (AttributeError, ValueError):
+                return False
+        return self.color == "on"
 
 
 def _scalar(value: Any) -> bool:
@@ -231,8 +243,43 @@ class _TableBuilder:
                     self.build(key, element[key], indent + 1)
 
 
+#: awscli's ColorizedStyler: colorama's BRIGHT + BLUE for cell values, DIM + YELLOW for the edges
+#: of nested sections, each followed by RESET_ALL.
+_VALUE_STYLE = ("\x1b[1m\x1b[34m", "\x1b[0m")
+_EDGE_STYLE = ("\x1b[2m\x1b[33m", "\x1b[0m")
+#: colorama's RESET_ALL, which awscli's ``autoreset`` writes after each of its writes.
+_RESET = "\x1b[0m"
+
+
 def table_lines(title: str, data: Any, terminal_width: int | None = None) -> list[str]:
-    """The aws CLI's table format (without colours)."""
+    """The aws CLI's table format, without colours, line by line."""
+    return [edge + line + edge for edge, line in _table(title, data, terminal_width, False)]
+
+
+def table_text(
+    title: str, data: Any, terminal_width: int | None = None, *, colored: bool = False
+) -> str:
+    """The aws CLI's table format as it writes it. Coloured, awscli initialises colorama with
+    ``autoreset``, which writes a reset after each write of the table's: after the top rule, and
+    after each of the four writes of every other line (left edges, the line, right edges, the
+    newline); the bytes are the same here."""
+    layout = _table(title, data, terminal_width, colored)
+    if not colored:
+        return "".join(f"{edge}{line}{edge}\n" for edge, line in layout)
+    if not layout:
+        return ""
+    (_, rule), *lines = layout
+    written = [rule, "\n", _RESET]
+    for edge, line in lines:
+        written += [edge, _RESET, line, _RESET, edge, _RESET, "\n", _RESET]
+    return "".join(written)
+
+
+def _table(
+    title: str, data: Any, terminal_width: int | None, colored: bool
+) -> list[tuple[str, str]]:
+    """The lines of the table, each with the edges of its section on either side ("" for the
+    top rule and the outermost sections)."""
     if terminal_width is None:
         terminal_width = shutil.get_terminal_size().columns
     builder = _TableBuilder()
@@ -244,12 +291,16 @@ def table_lines(title: str, data: Any, terminal_width: int | None = None) -> lis
     if width > terminal_width:
         sections = [_vertical(s) for s in sections]
         width = max(s.total_width() for s in sections)
-    lines = ["-" * width]
+    lines = [("", "-" * width)]
     for section in sections:
-        edge = "|" * section.indent
+        edge = _styled("|", _EDGE_STYLE, colored) * section.indent
         inner = width - 2 * section.indent
-        lines += [edge + line + edge for line in _section_lines(section, inner)]
+        lines += [(edge, line) for line in _section_lines(section, inner, colored)]
     return lines
+
+
+def _styled(text: str, style: tuple[str, str], colored: bool) -> str:
+    return f"{style[0]}{text}{style[1]}" if colored else text
 
 
 def _vertical(section: _Section) -> _Section:
@@ -259,7 +310,7 @@ def _vertical(section: _Section) -> _Section:
     return _Section(section.title, section.indent, [], rows)
 
 
-def _section_lines(section: _Section, width: int) -> list[str]:
+def _section_lines(section: _Section, width: int, colored: bool = False) -> list[str]:
     lines = []
     if section.title:
         lines.append(_centered(section.title, width, "|"))
@@ -281,7 +332,7 @@ def _section_lines(section: _Section, width: int) -> list[str]:
         lines.append(rule)
         lines += [
             "".join(
-                _left(v, w, "|" if i == 0 else "")
+                _left(v, w, "|" if i == 0 else "", _styled(v, _VALUE_STYLE, colored))
                 for i, (w, v) in enumerate(zip(widths, row, strict=True))
             )
             for row in section.rows
@@ -296,7 +347,9 @@ def _centered(text: str, length: int, left: str) -> str:
     return head + " " * (length - 1 - (len(left) + start + _width(text))) + "|"
 
 
-def _left(text: str, length: int, left: str) -> str:
+def _left(text: str, length: int, left: str, shown: str | None = None) -> str:
+    """``text`` left-aligned in a cell ``length`` wide; ``shown`` (``text`` styled) is written in
+    its place."""
     padding = 2 if length - (_width(text) + 2 + len(left) + 1) >= 0 else 0
-    head = left + " " * padding + text
+    head = left + " " * padding + (text if shown is None else shown)
     return head + " " * (length - len(left) - padding - _width(text) - 1) + "|"
