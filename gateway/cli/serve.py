@@ -2,8 +2,11 @@
 
 Every setting of :class:`gateway.config.Settings` is a ``GATEWAY_*`` variable and a flag of the
 same name (``GATEWAY_S3_READ_TIMEOUT`` is ``--s3-read-timeout``); a flag overrides its variable.
-Exits 0 after a clean stop, 1 when the gateway could not serve, 2 for a configuration it cannot
-start with (:class:`gateway.exits.ExitCode`).
+Exits 0 after a clean stop (SIGTERM or SIGINT); 1 when the gateway could not serve, such as an
+address already in use (:class:`gateway.server.app.CannotListen`); 2 for a configuration it
+cannot start with: a setting, or an AWS configuration botocore refuses (an unknown
+``AWS_PROFILE``, a config file it cannot parse, a failing ``credential_process``…). Either way
+in one line on stderr (:class:`gateway.exits.ExitCode`).
 """
 
 from __future__ import annotations
