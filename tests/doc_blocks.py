@@ -124,9 +124,7 @@ def script(document: Path, workdir: Path) -> str:
         lines.append(f"echo '::doc-test block {block.where}' >&2")
         if block.how == "background":
             log = f"background-{block.line}.log"
-            lines.append(
-                f"setsid bash -euo pipefail -c {shlex.quote(block.text)} > {log} 2>&1 &"
-            )
+            lines.append(f"setsid bash -euo pipefail -c {shlex.quote(block.text)} > {log} 2>&1 &")
             lines.append("DOC_BACKGROUND+=($!)")
             lines.append(f"python -m tests.doc_blocks wait {block.why or GATEWAY} {log}")
         else:
@@ -175,9 +173,7 @@ def grpcurl_binary() -> Path:
 def environment(home: Path, bin_dir: Path) -> dict[str, str]:
     """A clean environment: no GATEWAY_* or AWS_* of the machine's, dummy AWS configuration, the
     project's tools first on the PATH."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_", "MAKE"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_", "MAKE"))}
     aws = home / ".aws"
     aws.mkdir(parents=True, exist_ok=True)
     # The profile the README's "against real S3" example names.

@@ -11,9 +11,7 @@ from tests import doc_blocks
 from tests.doc_blocks import DOCUMENTS, ROOT, Block
 
 #: Documents with at least one block to run.
-RUNNABLE = [
-    doc for doc in DOCUMENTS if any(b.how != "skip" for b in doc_blocks.shell_blocks(doc))
-]
+RUNNABLE = [doc for doc in DOCUMENTS if any(b.how != "skip" for b in doc_blocks.shell_blocks(doc))]
 
 
 def test_every_file_block_names_its_file() -> None:
