@@ -67,6 +67,8 @@ from gateway.exits import CommandError, ExitCode, UsageError
 from gateway.units import MiB, format_size, parse_size
 from gateway.v1 import upload_service_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 DEMO_BUCKET = "gateway-demo"
 
 
@@ -364,7 +366,7 @@ async def _upload(
         try:
             try:
                 return await sending
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):
                 if not interrupts:
                     raise
             raise Interrupted(await client.settle(hurry))
@@ -434,6 +436,8 @@ class _TrackedClient(GatewayClient):
         finally:
             finishing.cancel()
             hurrying.cancel()
+        if finishing.done() and not finishing.cancelled() and finishing.exception() is not None:
+            log.debug("Aborting the interrupted upload failed", exc_info=finishing.exception())
         request, creating = self.request, self._creating
         if request is None or creating is None:
             return "nothing was uploaded"
