@@ -67,8 +67,6 @@ from gateway.exits import CommandError, ExitCode, UsageError
 from gateway.units import MiB, format_size, parse_size
 from gateway.v1 import upload_service_pb2 as pb
 
-log = logging.getLogger(__name__)
-
 DEMO_BUCKET = "gateway-demo"
 
 
@@ -436,8 +434,9 @@ class _TrackedClient(GatewayClient):
         finally:
             finishing.cancel()
             hurrying.cancel()
-        if finishing.done() and not finishing.cancelled() and finishing.exception() is not None:
-            log.debug("Aborting the interrupted upload failed", exc_info=finishing.exception())
+        failure = None
+        if finishing.done() and not finishing.cancelled():
+            failure = finishing.exception()  # not a GatewayCallError: those are suppressed
         request, creating = self.request, self._creating
         if request is None or creating is None:
             return "nothing was uploaded"
@@ -456,6 +455,8 @@ class _TrackedClient(GatewayClient):
         if error is not None and error.code == grpc.StatusCode.NOT_FOUND:
             return f"{upload} was no longer in progress"
         why = f" ({error.code.name}: {error.message})" if error is not None else ""
+        if failure is not None:
+            why = f" ({type(failure).__name__}: {failure})"
         return (
             f"{upload} may still be in progress{why}: abort it with s3-upload-gateway "
             f"abort-multipart-upload --bucket {request.bucket} --key {request.key} "
