@@ -488,21 +488,30 @@ def test_no_verify_ssl_presents_the_client_certificate(
         assert code == 255, err
 
 
+CERT = ["--client-cert", "c", "--client-key", "k"]
+
+
 @pytest.mark.parametrize(
-    ("endpoint", "options", "message"),
+    ("endpoint", "options", "message", "code"),
     [
-        ("http://127.0.0.1:1", ["--client-cert", "c", "--client-key", "k"], "need an https://"),
-        ("127.0.0.1:1", ["--client-cert", "c", "--client-key", "k"], "need an https://"),
-        ("https://127.0.0.1:1", ["--client-cert", "c"], "go together"),
-        ("https://127.0.0.1:1", ["--client-key", "k"], "go together"),
-        ("https://127.0.0.1:1", ["--client-cert", "c", "--client-key", "k"], "--client-cert"),
-        ("http://127.0.0.1:1", ["--token-file", "/nonexistent/token"], "--token-file"),
-        ("http://127.0.0.1:1", ["--token", TOKEN], "no --token option"),
-        ("http://127.0.0.1:1", [f"--token={TOKEN}"], "no --token option"),
+        (
+            "http://127.0.0.1:1",
+            ["--client-cert", "c", "--client-key", "k"],
+            "need an https://",
+            252,
+        ),
+        ("127.0.0.1:1", ["--client-cert", "c", "--client-key", "k"], "need an https://", 252),
+        ("https://127.0.0.1:1", ["--client-cert", "c"], "go together", 252),
+        ("https://127.0.0.1:1", ["--client-key", "k"], "go together", 252),
+        # Files the options name that cannot be used: the configuration, not the command line.
+        ("https://127.0.0.1:1", CERT, "--client-cert", 253),
+        ("http://127.0.0.1:1", ["--token-file", "/nonexistent/token"], "--token-file", 253),
+        ("http://127.0.0.1:1", ["--token", TOKEN], "no --token option", 252),
+        ("http://127.0.0.1:1", [f"--token={TOKEN}"], "no --token option", 252),
     ],
 )
 def test_cli_usage_errors(
-    capsys: pytest.CaptureFixture[str], endpoint: str, options: list[str], message: str
+    capsys: pytest.CaptureFixture[str], endpoint: str, options: list[str], message: str, code: int
 ) -> None:
     runs = [
         ["create-multipart-upload", "--bucket", "b", "--key", "k"],
@@ -510,24 +519,24 @@ def test_cli_usage_errors(
         ["reap-uploads", "--bucket", "b", "--older-than", "1d"],
     ]
     for argv in runs:
-        code, out, err = _run_cli(capsys, *argv, "--endpoint-url", endpoint, *options)
-        assert code == 252, (argv, err)
+        exit_code, out, err = _run_cli(capsys, *argv, "--endpoint-url", endpoint, *options)
+        assert exit_code == code, (argv, err)
         assert message in err, argv
         assert TOKEN not in out + err
 
 
-def test_a_bad_token_is_a_usage_error(
+def test_a_bad_token_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
     code, _, err = _run_cli(capsys, "list-multipart-uploads", "--bucket", "b", "--token-file",
                             str(empty), "--endpoint-url", "127.0.0.1:1")  # fmt: skip
-    assert code == 252 and "is empty" in err
+    assert code == 253 and "is empty" in err
     monkeypatch.setenv("GATEWAY_TOKEN", "two words-secret")
     code, out, err = _run_cli(capsys, "upload", os.devnull, "s3://b/k", "--endpoint-url",
                               "127.0.0.1:1")  # fmt: skip
-    assert code == 252 and "$GATEWAY_TOKEN" in err
+    assert code == 253 and "$GATEWAY_TOKEN" in err
     assert "secret" not in out + err
 
 

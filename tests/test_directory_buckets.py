@@ -23,6 +23,7 @@ import pytest
 
 from gateway import checksums
 from gateway.config import Settings
+from gateway.exits import ExitCode
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.zonal import DOMAIN, ZonalServer
@@ -347,7 +348,7 @@ def test_reaper_works_for_general_purpose_buckets(
 @pytest.mark.parametrize("value", ["24", "h", "1.5h", "-1h", "24 h"])
 def test_reaper_refuses_bad_durations(directory_gateway: GatewayThread, value: str) -> None:
     result = reap(directory_gateway.address, "--bucket", "b", f"--older-than={value}")
-    assert result.returncode == 2
+    assert result.returncode == ExitCode.USAGE
     assert "not a duration" in result.stderr
 
 
