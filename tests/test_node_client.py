@@ -16,12 +16,16 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 
+from gateway import checksums
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_EXAMPLE = ROOT / "examples" / "node"
 MiB = 1024 * 1024
+#: The moto gateway's part size (GATEWAY_WRITE_PART_SIZE's default).
+PART_SIZE = 8 * MiB
 
 
 check_proto = load_script("check_proto")
@@ -44,7 +48,10 @@ def node() -> str:
 
 @pytest.fixture(scope="module")
 def s3(moto_endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    # Without the optional crc32c package moto stores a CRC-32 (IEEE) as an object's CRC32C, which
+    # boto3 would refuse on reading the object back.
+    config = Config(response_checksum_validation="when_required")
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", config=config)
 
 
 def upload(node: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -57,16 +64,47 @@ def upload(node: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_script(node: str, script: str, *args: str | Path) -> Any:
+    """Run ``script`` in examples/node with ``args``; the JSON it printed."""
+    done = subprocess.run(
+        [node, "-e", script, *map(str, args)],
+        cwd=NODE_EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 12 MiB, not a multiple of anything: parts of 5, 5 and 2 MiB + 12345 bytes."""
+    """12 MiB + 12345 bytes: two parts for the gateway, of 8 MiB and the rest."""
     path = tmp_path_factory.mktemp("node") / "payload.bin"
     path.write_bytes(os.urandom(12 * MiB + 12345))
     return path
 
 
-@pytest.mark.parametrize("algorithm", [None, "CRC32C"])
-def test_upload_file_in_three_parts(
+def digest_of(algorithm: str, data: bytes) -> str:
+    hasher = checksums.BY_NAME[algorithm].new()
+    hasher.update(data)
+    return checksums.encode(hasher.digest())
+
+
+def nothing_left(s3: Any, bucket: str) -> None:
+    """No multipart upload and no object in ``bucket``."""
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def error_info(described: dict[str, Any]) -> dict[str, Any]:
+    (info,) = [d for d in described["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    return info
+
+
+@pytest.mark.parametrize("algorithm", [None, "SHA256"])
+def test_write_file_as_one_stream(
     node: str, gateway_address: str, moto_bucket: str, s3: Any, payload: Path, algorithm: str | None
 ) -> None:
     key = f"node/{uuid.uuid4().hex}.bin"
@@ -77,22 +115,26 @@ def test_upload_file_in_three_parts(
         f"s3://{moto_bucket}/{key}",
         "--endpoint",
         gateway_address,
-        "--part-size",
-        "5MiB",
+        "--content-type",
+        "application/x-test",
         *extra,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["bucket"] == moto_bucket
-    assert result["key"] == key
-    assert result["etag"].startswith('"') and result["etag"].endswith('-3"')
+    written = json.loads(done.stdout)
+    data = payload.read_bytes()
+    assert written["bucket"] == moto_bucket
+    assert written["key"] == key
+    assert written["size"] == str(len(data))  # int64 values are strings in JSON
+    assert written["parts"] == 2
+    assert written["etag"].startswith('"') and written["etag"].endswith('-2"')
+    # The client sent this value in its finish; the gateway computed the same over the bytes
+    # (a different one would have been CHECKSUM_MISMATCH, as below).
+    name = algorithm or "CRC32C"
+    assert written["computed_checksums"] == {name: digest_of(name, data)}
 
     stored = s3.get_object(Bucket=moto_bucket, Key=key)
-    assert stored["Body"].read() == payload.read_bytes()
-    assert stored["ContentLength"] == payload.stat().st_size
-    # With CRC32C every 1 MiB message carries its CRC-32C and every part's trailer the part's,
-    # which the gateway verified; moto over http stores no part checksums, so there is none to
-    # compare with here.
+    assert stored["Body"].read() == data
+    assert stored["ContentType"] == "application/x-test"
     assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
 
 
@@ -107,28 +149,37 @@ def test_error_is_decoded_and_exits_non_zero(
     assert first.startswith("upload.js: NOT_FOUND (5): ")
     described = json.loads(rest)
     assert described["code"] == 5
-    (info,) = [d for d in described["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    info = error_info(described)
     assert info["domain"] == "s3-upload-gateway"
     assert info["reason"] == "NO_SUCH_BUCKET"
     assert info["metadata"]["operation"] == "CreateMultipartUpload"
 
 
-def test_usage_error_exits_2(node: str) -> None:
-    done = upload(node, "file.bin", "not-an-s3-url")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["file.bin", "not-an-s3-url"],
+        ["file.bin", "s3://bucket/key", "--part-size", "5MiB"],  # the gateway's now
+        ["file.bin", "s3://bucket/key", "--checksum-algorithm", "CRC33"],
+    ],
+)
+def test_usage_error_exits_2(node: str, args: list[str]) -> None:
+    done = upload(node, *args)
     assert done.returncode == 2
     assert "usage: upload.js" in done.stderr
+    assert done.stdout == ""
 
 
-#: uploadFile with every CRC-32C off by one bit: shows that the checksums are sent and checked.
+#: writeFile with every CRC-32C off by one bit: shows that the checksums are sent and checked.
 _WRONG_CRC = """
 const crc = require('./lib/crc32c');
 const right = crc.crc32c;
 crc.crc32c = (buf, seed) => (right(buf, seed) ^ 1) >>> 0;
-const { createClient, uploadFile } = require('./lib/gateway');
+const { createClient, writeFile } = require('./lib/gateway');
 const { describeError } = require('./lib/errors');
 const [address, bucket, key, path] = process.argv.slice(1);
 const client = createClient(address);
-uploadFile(client, { bucket, key, path, partSize: 5 * 1024 * 1024, checksumAlgorithm: 'CRC32C' })
+writeFile(client, { bucket, key, path })
   .then(() => { console.log('{}'); process.exitCode = 3; })
   .catch((err) => { console.log(JSON.stringify(describeError(err))); })
   .finally(() => client.close());
@@ -138,19 +189,62 @@ uploadFile(client, { bucket, key, path, partSize: 5 * 1024 * 1024, checksumAlgor
 def test_crc32c_is_sent_and_a_wrong_one_refused(
     node: str, gateway_address: str, moto_bucket: str, s3: Any, payload: Path
 ) -> None:
-    done = subprocess.run(
-        [node, "-e", _WRONG_CRC, gateway_address, moto_bucket, "bad.bin", str(payload)],
-        cwd=NODE_EXAMPLE,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    described = json.loads(done.stdout)
+    described = run_script(node, _WRONG_CRC, gateway_address, moto_bucket, "bad.bin", payload)
     assert described["codeName"] == "INVALID_ARGUMENT", described
-    (info,) = [d for d in described["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert error_info(described)["reason"] == "CHECKSUM_MISMATCH"
+    nothing_left(s3, moto_bucket)
+
+
+#: writeFile whose finish carries a wrong CRC-32C of the object, every message's being right.
+_WRONG_FINISH = """
+const crc = require('./lib/crc32c');
+const right = crc.crc32cBase64;
+crc.crc32cBase64 = (value) => right(value ^ 1);
+const { createClient, writeFile } = require('./lib/gateway');
+const { describeError } = require('./lib/errors');
+const [address, bucket, key, path] = process.argv.slice(1);
+const client = createClient(address);
+writeFile(client, { bucket, key, path })
+  .then(() => { console.log('{}'); process.exitCode = 3; })
+  .catch((err) => { console.log(JSON.stringify(describeError(err))); })
+  .finally(() => client.close());
+"""
+
+
+def test_wrong_object_checksum_commits_nothing(
+    node: str, gateway_address: str, moto_bucket: str, s3: Any, payload: Path
+) -> None:
+    described = run_script(node, _WRONG_FINISH, gateway_address, moto_bucket, "bad.bin", payload)
+    assert described["codeName"] == "INVALID_ARGUMENT", described
+    info = error_info(described)
     assert info["reason"] == "CHECKSUM_MISMATCH"
-    # The failed upload was aborted, and nothing was stored.
-    assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
-    assert "Contents" not in s3.list_objects_v2(Bucket=moto_bucket)
+    right = digest_of("CRC32C", payload.read_bytes())
+    assert info["metadata"]["algorithm"] == "CRC32C"
+    assert info["metadata"]["computed"] == right
+    assert info["metadata"]["expected"] != right
+    # The first part was in S3 before the finish arrived: the gateway aborted the upload.
+    nothing_left(s3, moto_bucket)
+
+
+#: writeFile reporting the progress messages it read.
+_PROGRESS = """
+const { createClient, writeFile } = require('./lib/gateway');
+const [address, bucket, key, path] = process.argv.slice(1);
+const client = createClient(address);
+const progress = [];
+const onProgress = (persisted, size) => progress.push([persisted, size]);
+writeFile(client, { bucket, key, path, onProgress })
+  .then((written) => console.log(JSON.stringify({ progress, written })))
+  .finally(() => client.close());
+"""
+
+
+def test_progress_is_reported(
+    node: str, gateway_address: str, moto_bucket: str, payload: Path
+) -> None:
+    result = run_script(node, _PROGRESS, gateway_address, moto_bucket, "progress.bin", payload)
+    size = payload.stat().st_size
+    assert result["written"]["size"] == str(size)
+    progress = result["progress"]
+    # One message per part committed, unless both landed together; the last covers the object.
+    assert progress in ([[PART_SIZE, size], [size, size]], [[size, size]])

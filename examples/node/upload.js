@@ -1,30 +1,23 @@
 #!/usr/bin/env node
 'use strict';
-// Upload a file to S3 through s3-upload-gateway and print CompleteMultipartUpload's answer as JSON.
+// Write a file to S3 through s3-upload-gateway (one WriteObject stream) and print the WrittenObject
+// as JSON.
 //
-//   node upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--part-size N] [--checksum-algorithm ALG]
+//   node upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--checksum-algorithm ALG] [--content-type TYPE]
 //
-// --endpoint defaults to $GATEWAY_ENDPOINT or localhost:50051; --part-size takes bytes or a size
-// with a binary suffix (5MiB, 8M, 1G; default 8MiB). On a gRPC error it prints the status code and
-// the decoded google.rpc.Status details (ErrorInfo, RetryInfo, BadRequest) to stderr and exits 1;
-// on a usage error it exits 2.
+// --endpoint defaults to $GATEWAY_ENDPOINT or localhost:50051; --checksum-algorithm to CRC32C. The
+// part size is the gateway's. On a gRPC error it prints the status code and the decoded
+// google.rpc.Status details (ErrorInfo, RetryInfo, BadRequest) to stderr and exits 1; on a usage
+// error it exits 2.
 
 const { parseArgs } = require('node:util');
-const { createClient, uploadFile } = require('./lib/gateway');
+const { createClient, writeFile } = require('./lib/gateway');
 const { describeError } = require('./lib/errors');
 
 const USAGE =
-  'usage: upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--part-size N] [--checksum-algorithm ALG]';
-const UNITS = { '': 1, K: 1024, KI: 1024, KIB: 1024, M: 1024 ** 2, MI: 1024 ** 2, MIB: 1024 ** 2, G: 1024 ** 3, GI: 1024 ** 3, GIB: 1024 ** 3 };
+  'usage: upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--checksum-algorithm ALG] [--content-type TYPE]';
 
 class UsageError extends Error {}
-
-function parseSize(text) {
-  const match = /^(\d+)\s*([a-z]*)$/i.exec(String(text).trim());
-  const unit = match && UNITS[match[2].toUpperCase()];
-  if (!unit) throw new UsageError(`bad size: ${text}`);
-  return Number(match[1]) * unit;
-}
 
 function parseS3Url(text) {
   const match = /^s3:\/\/([^/]+)\/(.+)$/.exec(text);
@@ -38,8 +31,8 @@ function parse(argv) {
     allowPositionals: true,
     options: {
       endpoint: { type: 'string', default: process.env.GATEWAY_ENDPOINT || 'localhost:50051' },
-      'part-size': { type: 'string', default: '8MiB' },
-      'checksum-algorithm': { type: 'string' },
+      'checksum-algorithm': { type: 'string', default: 'CRC32C' },
+      'content-type': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -52,8 +45,8 @@ function parse(argv) {
     endpoint: values.endpoint,
     path: positionals[0],
     ...parseS3Url(positionals[1]),
-    partSize: parseSize(values['part-size']),
     checksumAlgorithm: values['checksum-algorithm'],
+    contentType: values['content-type'],
   };
 }
 
@@ -65,16 +58,20 @@ async function main() {
     console.error(`${err.message}\n${USAGE}`);
     return 2;
   }
-  const { endpoint, ...upload } = options;
+  const { endpoint, ...write } = options;
   const client = createClient(endpoint);
   try {
-    const result = await uploadFile(client, upload);
-    console.log(JSON.stringify(result, null, 2));
+    const written = await writeFile(client, write);
+    console.log(JSON.stringify(written, null, 2));
     return 0;
   } catch (err) {
-    if (err instanceof RangeError || err instanceof TypeError || err.code === 'ENOENT') {
-      console.error(`upload.js: ${err.message}`);
-      return err.code === 'ENOENT' ? 1 : 2;
+    if (err instanceof RangeError || err instanceof TypeError) {
+      console.error(`${err.message}\n${USAGE}`);
+      return 2;
+    }
+    if (typeof err.code === 'string') {
+      console.error(`upload.js: ${err.message}`); // the file: ENOENT, EISDIR, EACCES, …
+      return 1;
     }
     if (typeof err.code !== 'number') throw err;
     const described = describeError(err);

@@ -1,10 +1,11 @@
 'use strict';
 // A small client library for s3-upload-gateway: load the service from the repository's proto and
-// upload a file as a multipart upload, streaming each part in 1 MiB messages.
+// write a file as one object with one WriteObject stream (the gateway runs the multipart upload).
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
-const { once } = require('node:events');
+const zlib = require('node:zlib');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { crc32c, crc32cBase64 } = require('./crc32c');
@@ -14,8 +15,6 @@ const PROTO_ROOT = path.resolve(__dirname, '..', '..', '..', 'proto');
 const PROTO_FILE = 'gateway/v1/upload_service.proto';
 
 const MiB = 1024 * 1024;
-const MIN_PART_SIZE = 5 * MiB; // S3's minimum for every part but the last.
-const MAX_PARTS = 10000;
 
 /**
  * Options for proto-loader. keepCase: field names stay snake_case, exactly as in the .proto (and
@@ -30,15 +29,16 @@ const LOADER_OPTIONS = {
   includeDirs: [PROTO_ROOT],
 };
 
-let cachedService;
+let cachedDefinition;
+
+function definition() {
+  cachedDefinition ??= protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
+  return cachedDefinition;
+}
 
 /** The UploadService client constructor, loaded once from proto/. */
 function loadService() {
-  if (!cachedService) {
-    const definition = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
-    cachedService = grpc.loadPackageDefinition(definition).gateway.v1.UploadService;
-  }
-  return cachedService;
+  return grpc.loadPackageDefinition(definition()).gateway.v1.UploadService;
 }
 
 /** A client for the gateway at `address` ("host:port"); plaintext unless credentials are given. */
@@ -47,138 +47,117 @@ function createClient(address, credentials = grpc.credentials.createInsecure(), 
   return new UploadService(address, credentials, options);
 }
 
-/** Promisified unary call. */
-function unary(client, method, request, callOptions = {}) {
-  return new Promise((resolve, reject) => {
-    client[method](request, callOptions, (err, response) => (err ? reject(err) : resolve(response)));
-  });
+/** "crc32c" or "CHECKSUM_ALGORITHM_CRC32C" -> "CRC32C", checked against the .proto's enum. */
+function algorithmName(name) {
+  const strip = (text) => String(text).toUpperCase().replace(/^CHECKSUM_ALGORITHM_/, '');
+  const known = definition()['gateway.v1.ChecksumAlgorithm'].type.value.map((v) => strip(v.name)).filter((n) => n !== 'UNSPECIFIED');
+  if (!known.includes(strip(name))) throw new RangeError(`unknown checksum algorithm ${name} (one of ${known.join(', ')})`);
+  return strip(name);
 }
 
-/** "CRC32C" or "CHECKSUM_ALGORITHM_CRC32C" -> "CHECKSUM_ALGORITHM_CRC32C"; empty -> undefined. */
-function normaliseAlgorithm(name) {
-  if (!name) return undefined;
-  const upper = String(name).toUpperCase();
-  return upper.startsWith('CHECKSUM_ALGORITHM_') ? upper : `CHECKSUM_ALGORITHM_${upper}`;
+/** The algorithms S3 can keep as a checksum of the whole object's bytes (FULL_OBJECT). */
+const FULL_OBJECT = new Set(['CRC32', 'CRC32C', 'CRC64NVME']);
+
+function crcHash(crc) {
+  let value = 0;
+  return { update: (buf) => (value = crc(buf, value)), digest: () => crc32cBase64(value) }; // 4 bytes, big-endian
 }
+
+/** The whole-object checksums computed here. For the others (CRC64NVME, XXHASH*) the finish carries
+ * no value: the gateway's own checksum, with every message's CRC-32C, still guards the object. */
+const HASHES = {
+  CRC32C: () => crcHash(crc32c),
+  ...(zlib.crc32 && { CRC32: () => crcHash(zlib.crc32) }), // Node 20.15+
+  SHA1: () => crypto.createHash('sha1'),
+  SHA256: () => crypto.createHash('sha256'),
+  SHA512: () => crypto.createHash('sha512'),
+  MD5: () => crypto.createHash('md5'),
+};
 
 /**
- * Stream one part: a header, then `data` messages of `chunkSize` bytes read lazily from the file,
- * then (for CRC32C) a trailer with the part's checksum.
+ * Write the file at `path` to s3://bucket/key with one WriteObject stream: a spec (the object's
+ * attributes and size), the file in `chunkSize` `data` messages each with its CRC-32C, then a
+ * finish with the whole file's checksum, computed while reading. The gateway checks each message,
+ * cuts the parts, checks the whole checksum and only then completes the object.
  *
- * Backpressure: grpc-js's writable buffers up to 16 messages before write() returns false, so
- * besides waiting for 'drain' when write() says so, sending also pauses while `maxBuffered`
- * messages are not yet handed to HTTP/2 (whose flow control then holds back the file reads): at
- * most about maxBuffered chunks of a part are in memory. Resolves with the UploadPartResponse;
- * rejects with the gRPC error, which may come before all bytes were sent when the gateway refuses
- * the part early.
+ * Resolves with the WrittenObject. Rejects with the gRPC error (see errors.describeError): the
+ * gateway has aborted its multipart upload, nothing was committed and there is nothing to clean up.
+ *
+ * checksumAlgorithm: a ChecksumAlgorithm name, "CRC32C" by default (FULL_OBJECT, as CRC32 and
+ * CRC64NVME; the others COMPOSITE). contentType; attributes: other CreateMultipartUploadRequest
+ * fields, snake_case as in the .proto (e.g. { metadata: { team: 'a' }, storage_class: 'STANDARD_IA' });
+ * ifNoneMatch: true to write only if the key does not exist yet; onProgress(persistedBytes, size):
+ * called each time S3 holds more of the object; chunkSize (1 MiB); callOptions (e.g. { deadline }).
+ *
+ * Backpressure: when write() returns false the file is not read further until 'drain'; grpc-js
+ * queues up to 16 messages, so at most about 16 chunks are in memory whatever the file's size.
  */
-async function uploadPart(client, { header, filePath, start, length, chunkSize, withCrc32c, maxBuffered = 4, callOptions }) {
-  let call;
-  const response = new Promise((resolve, reject) => {
-    call = client.UploadPart(callOptions, (err, res) => (err ? reject(err) : resolve(res)));
-  });
-  // Settles as soon as the call ends, so that no wait below outlives a failed call.
-  const ended = response.then(
-    () => 'ended',
-    () => 'ended',
-  );
-  let unwritten = 0;
-  let wake;
-  const written = () => {
-    unwritten--;
-    wake?.();
+async function writeFile(client, options) {
+  const { bucket, key, path: filePath, checksumAlgorithm = 'CRC32C', contentType, attributes } = options;
+  const { ifNoneMatch = false, onProgress, chunkSize = MiB, callOptions = {} } = options;
+  if (!bucket || !key || !filePath) throw new TypeError('bucket, key and path are required');
+  const algorithm = algorithmName(checksumAlgorithm);
+  const hash = HASHES[algorithm]?.();
+  const { size } = await fs.promises.stat(filePath);
+  const object = {
+    ...attributes,
+    bucket,
+    key,
+    ...(contentType && { content_type: contentType }),
+    checksum_algorithm: `CHECKSUM_ALGORITHM_${algorithm}`,
+    ...(FULL_OBJECT.has(algorithm) && { checksum_type: 'CHECKSUM_TYPE_FULL_OBJECT' }),
   };
+  const spec = { object, object_size: String(size), ...(ifNoneMatch && { if_none_match: '*' }) };
+
+  const call = client.WriteObject(callOptions);
+  let ended = false;
+  let wake = () => {};
+  const written = new Promise((resolve, reject) => {
+    let answer;
+    const end = (settle) => (value) => {
+      ended = true;
+      wake();
+      settle(value);
+    };
+    call.on('data', ({ progress, object: last }) => {
+      if (progress) onProgress?.(Number(progress.persisted_size), size);
+      if (last) answer = last;
+    });
+    call.on('error', end(reject)); // before 'end', which then changes nothing
+    call.on('end', end(() => (answer ? resolve(answer) : reject(new Error('WriteObject ended without the written object')))));
+  });
+  written.catch(() => {}); // awaited below, unless a local error comes first
+  // Write one message; when grpc-js's queue is full, wait for 'drain' or for the call to end (the
+  // gateway may answer early, e.g. a checksum mismatch). False once the call has ended.
   const send = async (message) => {
-    unwritten++;
-    if (!call.write(message, written)) {
-      if ((await Promise.race([once(call, 'drain').then(() => 'drain'), ended])) === 'ended') return false;
-    }
-    while (unwritten >= maxBuffered) {
-      const more = new Promise((resolve) => {
-        wake = () => resolve('written');
+    if (!ended && !call.write(message)) {
+      await new Promise((resolve) => {
+        wake = resolve;
+        call.once('drain', resolve);
       });
-      const outcome = await Promise.race([more, ended]);
-      wake = undefined;
-      if (outcome === 'ended') return false;
     }
-    return true;
+    return !ended;
   };
 
   try {
-    let sending = await send({ header: { ...header, content_length: String(length) } });
-    let partCrc = 0;
-    if (sending && length > 0) {
-      const stream = fs.createReadStream(filePath, { start, end: start + length - 1, highWaterMark: chunkSize });
+    if (await send({ spec })) {
+      const file = fs.createReadStream(filePath, { highWaterMark: chunkSize });
       try {
-        for await (const chunk of stream) {
-          const data = { content: chunk };
-          if (withCrc32c) {
-            data.crc32c = crc32c(chunk); // checked by the gateway as the chunk arrives
-            partCrc = crc32c(chunk, partCrc);
-          }
-          if (!(sending = await send({ data }))) break; // the gateway already answered
+        for await (const chunk of file) {
+          hash?.update(chunk);
+          if (!(await send({ data: { content: chunk, crc32c: crc32c(chunk) } }))) break;
         }
       } finally {
-        stream.destroy();
+        file.destroy();
       }
+      const finish = hash ? { [`checksum_${algorithm.toLowerCase()}`]: hash.digest('base64') } : {};
+      if (await send({ finish })) call.end();
     }
-    if (sending && withCrc32c) sending = await send({ trailer: { checksum_crc32c: crc32cBase64(partCrc) } });
-    if (sending) call.end();
   } catch (localError) {
-    call.cancel(); // e.g. the file could not be read: nothing of this part is committed
+    call.cancel(); // e.g. the file could not be read: without a finish, nothing is committed
     throw localError;
   }
-  return response;
+  return written;
 }
 
-/** The checksum_* fields that are set on `message`. */
-function checksumsOf(message) {
-  return Object.fromEntries(Object.entries(message).filter(([name, value]) => name.startsWith('checksum_') && name !== 'checksum_type' && value));
-}
-
-/**
- * Upload the file at `path` to s3://bucket/key through the gateway: CreateMultipartUpload, one
- * streamed UploadPart per `partSize` bytes (in order), CompleteMultipartUpload. Resolves with the
- * CompleteMultipartUploadResponse. On any failure the upload is aborted (best effort) and the
- * gRPC error is rethrown (see errors.describeError).
- *
- * checksumAlgorithm (e.g. "CRC32C", "SHA256") is given to S3 at Create; for CRC32C the part
- * checksum is computed here and sent in each part's trailer (and every 1 MiB chunk carries its own
- * CRC-32C), for other algorithms the gateway computes the part checksum itself. chunkSize is the
- * size of each `data` message (1 MiB), maxBuffered how many of them may wait in grpc-js (4);
- * callOptions (e.g. { deadline }) apply to every call.
- */
-async function uploadFile(client, { bucket, key, path: filePath, partSize = 8 * MiB, checksumAlgorithm, chunkSize = MiB, maxBuffered = 4, callOptions = {} }) {
-  if (!bucket || !key || !filePath) throw new TypeError('bucket, key and path are required');
-  const size = (await fs.promises.stat(filePath)).size;
-  const partCount = Math.max(1, Math.ceil(size / partSize));
-  if (!(partSize >= MIN_PART_SIZE || partCount === 1)) {
-    throw new RangeError(`partSize must be at least ${MIN_PART_SIZE} bytes when the file needs more than one part`);
-  }
-  if (partCount > MAX_PARTS) throw new RangeError(`${partCount} parts: S3 allows ${MAX_PARTS}; raise partSize`);
-  const algorithm = normaliseAlgorithm(checksumAlgorithm);
-  const withCrc32c = algorithm === 'CHECKSUM_ALGORITHM_CRC32C';
-
-  const created = await unary(client, 'CreateMultipartUpload', { bucket, key, ...(algorithm && { checksum_algorithm: algorithm }) }, callOptions);
-  const { upload_id } = created;
-  try {
-    const parts = [];
-    for (let number = 1; number <= partCount; number++) {
-      const start = (number - 1) * partSize;
-      const header = { bucket, key, upload_id, part_number: number, ...(algorithm && { checksum_algorithm: algorithm }) };
-      const length = Math.min(partSize, size - start);
-      const uploaded = await uploadPart(client, { header, filePath, start, length, chunkSize, withCrc32c, maxBuffered, callOptions });
-      parts.push({ etag: uploaded.etag, part_number: number, ...checksumsOf(uploaded) });
-    }
-    return await unary(client, 'CompleteMultipartUpload', { bucket, key, upload_id, parts }, callOptions);
-  } catch (err) {
-    try {
-      await unary(client, 'AbortMultipartUpload', { bucket, key, upload_id }, callOptions);
-    } catch {
-      // The original error matters more; the gateway's reaper cleans up what is left.
-    }
-    throw err;
-  }
-}
-
-module.exports = { PROTO_ROOT, LOADER_OPTIONS, loadService, createClient, uploadFile, uploadPart, MiB };
+module.exports = { PROTO_ROOT, LOADER_OPTIONS, loadService, createClient, writeFile, MiB };
