@@ -136,6 +136,12 @@ BY_PROTO: dict[int, Algorithm] = {a.proto_value: a for a in CHECKSUM_ALGORITHMS}
 FULL_OBJECT_CAPABLE = frozenset({CRC32, CRC32C, CRC64NVME})
 
 
+def default_object_algorithm(directory_bucket: bool) -> Algorithm:
+    """The checksum of an object written with WriteObject when its writer names none: S3's
+    default, CRC64NVME (FULL_OBJECT); CRC32C in a directory bucket, S3 Express's default."""
+    return CRC32C if directory_bucket else CRC64NVME
+
+
 def encode(digest: bytes) -> str:
     """The base64 form S3 uses for a digest."""
     return base64.b64encode(digest).decode("ascii")

@@ -77,8 +77,8 @@ class Settings:
     s3_max_pool_connections: int = _setting(
         64,
         "GATEWAY_S3_MAX_POOL_CONNECTIONS",
-        "HTTP connections to S3 for UploadPart and UploadPartCopy; a stream takes one when its "
-        "first bytes arrive",
+        "HTTP connections to S3 for the calls that carry data (UploadPart, UploadPartCopy, "
+        "WriteObject's parts); a stream takes one when its first bytes arrive",
     )
     s3_control_pool_connections: int = _setting(
         16,
@@ -237,15 +237,27 @@ class Settings:
     max_buffer_bytes: int = _setting(
         GiB,
         "GATEWAY_MAX_BUFFER_BYTES",
-        "bytes the gateway may hold for UploadPart streams: each reserves "
-        "GATEWAY_STREAM_WINDOW + GATEWAY_MAX_MESSAGE_SIZE, a part without content_length also "
-        "what it buffers",
+        "bytes the gateway may hold for streams: each reserves GATEWAY_STREAM_WINDOW + "
+        "GATEWAY_MAX_MESSAGE_SIZE, a part without content_length also what it buffers, a "
+        "WriteObject two parts and one more per part in flight beyond the first",
+    )
+    write_part_size: int = _setting(
+        8 * MiB,
+        "GATEWAY_WRITE_PART_SIZE",
+        "WriteObject's part size, bytes (5 MiB to 5 GiB); larger for an object whose announced "
+        "size 10,000 of them cannot hold",
+    )
+    write_parts_in_flight: int = _setting(
+        4,
+        "GATEWAY_WRITE_PARTS_IN_FLIGHT",
+        "parts of one WriteObject stream uploaded at once, each on an S3 connection of its own "
+        "(1 to 64); a stream holds up to this many parts plus one",
     )
     idle_timeout: float = _setting(
         60.0,
         "GATEWAY_IDLE_TIMEOUT",
-        "seconds an UploadPart stream may go without a message before it is ended and its S3 "
-        "request aborted; 0 disables",
+        "seconds an UploadPart or WriteObject stream may go without a message before it is ended "
+        "and its S3 request aborted; 0 disables",
     )
 
     def __post_init__(self) -> None:
@@ -352,6 +364,11 @@ class Settings:
             "GATEWAY_STREAM_WINDOW + GATEWAY_MAX_MESSAGE_SIZE",
         )
         _check(self.idle_timeout >= 0, "GATEWAY_IDLE_TIMEOUT must be >= 0")
+        _check(
+            5 * MiB <= self.write_part_size <= MAX_S3_PART_SIZE,
+            f"GATEWAY_WRITE_PART_SIZE must be {5 * MiB}..{MAX_S3_PART_SIZE}",
+        )
+        _check(1 <= self.write_parts_in_flight <= 64, "GATEWAY_WRITE_PARTS_IN_FLIGHT must be 1..64")
 
     @property
     def principal_stream_limit(self) -> int:

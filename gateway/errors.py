@@ -54,6 +54,7 @@ class Reason(enum.StrEnum):
     CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
     CONTENT_LENGTH_MISMATCH = "CONTENT_LENGTH_MISMATCH"
     CONTENT_LENGTH_REQUIRED = "CONTENT_LENGTH_REQUIRED"
+    TOO_MANY_PARTS = "TOO_MANY_PARTS"
     WRONG_REGION = "WRONG_REGION"
     # Who calls, and what they may do.
     UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -219,15 +220,17 @@ class ChecksumMismatch(GatewayError):
 
 
 class LengthMismatch(GatewayError):
-    """The stream carried more or fewer bytes than ``content_length``."""
+    """The stream carried more or fewer bytes than ``content_length`` (WriteObject:
+    ``spec.object_size``, the ``field`` named)."""
 
-    def __init__(self, expected: int, received: int, *, more: bool) -> None:
+    def __init__(
+        self, expected: int, received: int, *, more: bool, field: str = "content_length"
+    ) -> None:
         what = f"more than {expected}" if more else f"{received}"
         super().__init__(
             grpc.StatusCode.OUT_OF_RANGE,
             Reason.CONTENT_LENGTH_MISMATCH,
-            f"content_length is {expected} but the stream carried {what} bytes; "
-            "nothing was committed",
+            f"{field} is {expected} but the stream carried {what} bytes; nothing was committed",
             metadata={"contentLength": str(expected), "received": str(received)},
         )
 
@@ -367,6 +370,7 @@ _GATEWAY_REASON_CODES: dict[Reason, grpc.StatusCode] = {
     Reason.CHECKSUM_MISMATCH: _C.INVALID_ARGUMENT,
     Reason.CONTENT_LENGTH_MISMATCH: _C.OUT_OF_RANGE,
     Reason.CONTENT_LENGTH_REQUIRED: _C.INVALID_ARGUMENT,
+    Reason.TOO_MANY_PARTS: _C.FAILED_PRECONDITION,
     Reason.WRONG_REGION: _C.FAILED_PRECONDITION,
     Reason.UNAUTHENTICATED: _C.UNAUTHENTICATED,
     Reason.TLS_REQUIRED: _C.UNAUTHENTICATED,
@@ -378,12 +382,15 @@ _GATEWAY_REASON_CODES: dict[Reason, grpc.StatusCode] = {
     Reason.GATEWAY_CREDENTIALS: _C.INTERNAL,
     Reason.GATEWAY_ERROR: _C.INTERNAL,
 }
-#: Reasons only UploadPart gives; any RPC may give every other one.
-UPLOAD_PART_REASONS = frozenset(
+#: The RPCs that stream the caller's bytes.
+STREAMING_RPCS = frozenset({"UploadPart", "WriteObject"})
+#: Reasons only the streaming RPCs give; any RPC may give every other one.
+STREAM_REASONS = frozenset(
     {
         Reason.CHECKSUM_MISMATCH,
         Reason.CONTENT_LENGTH_MISMATCH,
         Reason.CONTENT_LENGTH_REQUIRED,
+        Reason.TOO_MANY_PARTS,
         Reason.STREAM_LIMIT,
         Reason.PRINCIPAL_STREAM_LIMIT,
         Reason.BUFFER_LIMIT,
@@ -434,7 +441,7 @@ def codes_of(rpc: str) -> frozenset[grpc.StatusCode]:
     return frozenset(
         code
         for reason, codes in REASON_CODES.items()
-        if rpc == "UploadPart" or reason not in UPLOAD_PART_REASONS
+        if rpc in STREAMING_RPCS or reason not in STREAM_REASONS
         for code in codes
     )
 
@@ -580,7 +587,8 @@ __all__ = [
     "REASON_CODES",
     "S3_ERROR_CODES",
     "S3_PATH_REASONS",
-    "UPLOAD_PART_REASONS",
+    "STREAMING_RPCS",
+    "STREAM_REASONS",
     "ChecksumMismatch",
     "GatewayError",
     "InvalidRequest",

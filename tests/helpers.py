@@ -22,6 +22,7 @@ import yaml
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import checksums
 from gateway.config import Settings
 from gateway.errors import DOMAIN
 from gateway.security import auth
@@ -398,3 +399,83 @@ def sized_header(
     return header_message(
         bucket=bucket, key=key, upload_id=upload_id, part_number=number, content_length=size
     )
+
+
+# WriteObject streams.
+
+
+def write_spec(bucket: str, key: str, **fields: Any) -> pb.WriteObjectRequest:
+    """The first message of a WriteObject stream: the object's CreateMultipartUpload fields, and
+    ``if_none_match``, ``if_match``, ``object_size`` for the spec itself."""
+    extra = {k: fields.pop(k) for k in ("if_none_match", "if_match", "object_size") if k in fields}
+    request = pb.CreateMultipartUploadRequest(bucket=bucket, key=key, **fields)
+    return pb.WriteObjectRequest(spec=pb.WriteObjectSpec(object=request, **extra))
+
+
+def crc64(data: bytes) -> str:
+    """The base64 CRC64NVME of ``data``: WriteObject's default whole-object checksum."""
+    return checksums.encode(checksums.CRC64NVME.compute(data))
+
+
+def write_stream(
+    first: pb.WriteObjectRequest,
+    data: bytes,
+    finish: pb.FinishWrite | None,
+    chunk: int = MiB,
+) -> list[pb.WriteObjectRequest]:
+    """The messages of a WriteObject stream: ``first``, ``data`` in messages of ``chunk`` bytes
+    (each with its CRC32C), then ``finish`` unless it is None."""
+    messages = [first]
+    for offset in range(0, len(data), chunk):
+        content = data[offset : offset + chunk]
+        messages.append(
+            pb.WriteObjectRequest(
+                data=pb.ChecksummedData(content=content, crc32c=checksums.crc32c(content))
+            )
+        )
+    if finish is not None:
+        messages.append(pb.WriteObjectRequest(finish=finish))
+    return messages
+
+
+async def write_messages(
+    first: pb.WriteObjectRequest,
+    data: bytes,
+    finish: pb.FinishWrite | None,
+    chunk: int = MiB,
+) -> AsyncIterator[pb.WriteObjectRequest]:
+    """:func:`write_stream` as the async iterator a grpc.aio stub takes."""
+    for message in write_stream(first, data, finish, chunk):
+        yield message
+
+
+async def write_object(
+    stub: Any, first: pb.WriteObjectRequest, data: bytes, finish: pb.FinishWrite | None = None
+) -> list[pb.WriteObjectResponse]:
+    """Write ``data``, finishing with its CRC64NVME unless ``finish`` says otherwise; every
+    answer of the stream."""
+    finish = finish if finish is not None else pb.FinishWrite(checksum_crc64nvme=crc64(data))
+    return [response async for response in stub.WriteObject(write_messages(first, data, finish))]
+
+
+async def write_refused(
+    address: str,
+    messages: Iterable[pb.WriteObjectRequest],
+    *,
+    metadata: list[tuple[str, str]] | None = None,
+    deadline: float | None = None,
+) -> Any:
+    """Send a WriteObject stream the gateway must refuse; its grpc.RpcError. Through grpc's
+    synchronous API, for the reason :func:`upload_part_error` gives."""
+
+    def call() -> Any:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.UploadServiceStub(channel)
+            try:
+                for _ in stub.WriteObject(iter(messages), metadata=metadata, timeout=deadline):
+                    pass
+            except grpc.RpcError as error:
+                return error
+        raise AssertionError("WriteObject succeeded; an error was expected")
+
+    return await asyncio.to_thread(call)

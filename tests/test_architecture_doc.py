@@ -72,3 +72,15 @@ def test_every_name_it_names_exists(name: str) -> None:
 
 def test_the_page_names_things_to_check() -> None:
     assert len(FILES) > 20 and len(NAMES) > 20
+
+
+def test_every_module_is_on_the_map() -> None:
+    """A newcomer finds every module of the package on the page (generated code aside)."""
+    text = DOC.read_text()
+    modules = [
+        path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "v1" not in path.relative_to(PACKAGE).parts and path.name != "__init__.py"
+    ]
+    missing = [str(path.relative_to(ROOT)) for path in modules if f"`{path.name}`" not in text]
+    assert not missing, f"docs/architecture.md does not mention {missing}"

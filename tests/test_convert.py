@@ -15,7 +15,12 @@ from gateway import convert
 from gateway.v1 import upload_service_pb2 as pb
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["UploadService"]
-OPERATIONS = [method.name for method in _SERVICE.methods]
+#: The RPCs that are not one S3 operation each: WriteObject carries CreateMultipartUpload's
+#: request and answers with what CompleteMultipartUpload or PutObject answered.
+_COMPOSED = {"WriteObject"}
+OPERATIONS = [method.name for method in _SERVICE.methods if method.name not in _COMPOSED]
+#: The fields of WrittenObject that are the gateway's own, not S3 members.
+_WRITTEN_BY_THE_GATEWAY = {"parts", "computed_checksums"}
 #: The members no field carries: UploadPart's body streams in ``data`` messages.
 _STREAMED = {("UploadPart", "Body")}
 _WHEN = dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.UTC)
@@ -116,6 +121,21 @@ def _scalar(member: str, shape: Shape) -> Any:
         return _WHEN
     assert kind == "string", (member, kind)
     return shape.enum[0] if shape.enum else f"{member}-value"
+
+
+def test_the_written_object_carries_what_complete_or_put_answers() -> None:
+    carried: set[str] = set()
+    for operation in ("CompleteMultipartUpload", "PutObject"):
+        _, output_shape = _shapes(operation)
+        for member in output_shape.members:
+            fd = convert.field_of(pb.WrittenObject, member)
+            if fd is not None:
+                carried.add(fd.name)
+        answer = _sample(pb.WrittenObject, output_shape)
+        message = convert.from_response(answer, pb.WrittenObject(), operation)
+        assert convert.to_response(message, operation) == answer
+    fields = set(pb.WrittenObject.DESCRIPTOR.fields_by_name)
+    assert fields - _WRITTEN_BY_THE_GATEWAY == carried
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)

@@ -198,6 +198,64 @@ async def test_session_auth_can_be_turned_off(
         assert "Credential=testing/" in request.headers["authorization"]
 
 
+async def test_write_object_cuts_consecutive_parts_with_session_auth_and_crc32c(
+    zonal: ZonalServer, moto_endpoint: str, bucket: str
+) -> None:
+    """WriteObject to a directory bucket: parts 1..N in order, each with its CRC32C for S3 to
+    check, COMPOSITE CRC32C (the bucket's default), one session, nothing S3 Express refuses."""
+    data = os.urandom(5 * MiB * 2 + 123)
+    small = b"small object"
+    running = start_gateway(zonal, moto_endpoint, write_part_size=5 * MiB)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+            written = await write_object(stub, bucket, "big", data)
+            single = await write_object(stub, bucket, "small", small)
+    finally:
+        running.__exit__(None, None, None)
+    whole = checksums.encode(checksums.CRC32C.compute(data))
+    assert written.parts == 3 and written.computed_checksums == {"CRC32C": whole}
+    assert single.parts == 0
+    sent = [r for r in zonal.requests if r.host == f"{bucket}.{DOMAIN}"]
+    assert [r.operation for r in sent] == [
+        "CreateSession",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPart",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "PutObject",
+    ]
+    create, *parts, complete, put = sent[1:]
+    assert create.headers["x-amz-checksum-algorithm"] == "CRC32C"
+    assert create.headers["x-amz-checksum-type"] == "COMPOSITE"
+    parts.sort(key=lambda r: int(r.query["partNumber"]))  # sent in parallel
+    assert [r.query["partNumber"] for r in parts] == ["1", "2", "3"]
+    assert b"".join(r.body for r in parts) == data
+    for request in (*parts, put):
+        assert request.headers["x-amz-checksum-crc32c"] == checksums.encode(
+            checksums.CRC32C.compute(request.body)
+        )
+    for request in sent[1:]:
+        assert "content-md5" not in request.headers
+        assert request.headers["x-amz-s3session-token"].startswith("session-token-")
+    assert complete.body.count(b"<PartNumber>") == 3
+    assert put.body == small
+
+
+async def write_object(stub: Any, bucket: str, key: str, data: bytes) -> Any:
+    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+        spec = pb.WriteObjectSpec(object=pb.CreateMultipartUploadRequest(bucket=bucket, key=key))
+        yield pb.WriteObjectRequest(spec=spec)
+        for offset in range(0, len(data), MiB):
+            content = data[offset : offset + MiB]
+            yield pb.WriteObjectRequest(data=pb.ChecksummedData(content=content))
+        yield pb.WriteObjectRequest(finish=pb.FinishWrite())
+
+    responses = [response async for response in stub.WriteObject(messages())]
+    return responses[-1].object
+
+
 def _sessions(zonal: ZonalServer, bucket: str) -> list[Any]:
     return [r for r in zonal.of("CreateSession") if r.host == f"{bucket}.{DOMAIN}"]
 

@@ -68,8 +68,9 @@ def allowed(decision: Decision) -> bool:
 # --- decisions ---------------------------------------------------------------------------------
 
 
-def test_operations_are_the_seven_rpcs() -> None:
+def test_operations_are_the_eight_rpcs() -> None:
     assert set(OPERATIONS) == {
+        "WriteObject",
         "CreateMultipartUpload",
         "UploadPart",
         "UploadPartCopy",

@@ -100,6 +100,14 @@ class Budget:
         self.held += size
         self._metrics.buffer_bytes.set(self.held)
 
+    def try_take(self, size: int) -> bool:
+        """Hold ``size`` more bytes if the budget has them; whether it did."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        self._metrics.buffer_bytes.set(self.held)
+        return True
+
     def give_back(self, size: int) -> None:
         self.held -= size
         self._metrics.buffer_bytes.set(self.held)

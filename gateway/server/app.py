@@ -74,6 +74,7 @@ class Gateway:
         self.s3: S3 | None = None
         self._stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
+        self._service: UploadService | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.metrics = Metrics()
         self._hurry = asyncio.Event()
@@ -102,7 +103,9 @@ class Gateway:
             self.guard = Guard(settings)
             self._watch_files(self.guard)
             admission = Admission(settings, self.metrics)
-            service = UploadService(s3, settings, self.metrics, self.guard, admission)
+            service = self._service = UploadService(
+                s3, settings, self.metrics, self.guard, admission
+            )
             self._server = self._build_server(settings, service)
             self.port = self._add_port(settings)
             if settings.health_address:
@@ -207,6 +210,8 @@ class Gateway:
                 await asyncio.wait_for(self._hurry.wait(), drain_delay)
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self._service is not None:
+            await self._service.settle()
         await self._stack.aclose()
 
     async def cancel_calls(self) -> None:
@@ -380,7 +385,8 @@ def plaintext_warning(settings: Settings) -> str | None:
 def _method_types() -> dict[str, str]:
     """go-grpc-prometheus's grpc_type of every UploadService method."""
     service = pb.DESCRIPTOR.services_by_name["UploadService"]
-    return {m.name: "client_stream" if m.client_streaming else "unary" for m in service.methods}
+    kinds = {(False, False): "unary", (True, False): "client_stream", (True, True): "bidi_stream"}
+    return {m.name: kinds[m.client_streaming, m.server_streaming] for m in service.methods}
 
 
 async def run(

@@ -11,11 +11,12 @@ call, with named fields only (never payloads, keys or tokens).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +33,7 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+StreamHandler = Callable[[Any, Request, Context], AsyncGenerator[Response, None]]
 
 
 @dataclass
@@ -86,41 +88,87 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
 
     @functools.wraps(handler)
     async def wrapper(self: Hooks, request: Request, context: Context) -> Response:
-        record = CallRecord(
-            handler.__name__,
-            bucket=getattr(request, "bucket", ""),
-            part_number=getattr(request, "part_number", 0),
-        )
-        _current.set(record)
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            try:
-                self.admit(record, request, context)
-                return await handler(self, request, context)
-            except GatewayError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                log.exception("unexpected failure in %s", handler.__name__)
-                error = GatewayError(
-                    grpc.StatusCode.INTERNAL,
-                    Reason.GATEWAY_ERROR,
-                    "unexpected failure inside the gateway",
-                )
-            code = error.code
-            self.count_failure(error)
-            status = error.to_grpc_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise AssertionError("context.abort returned")  # pragma: no cover
-        finally:
-            access_log.info(
-                "%s %s",
-                handler.__name__,
-                code.name,
-                extra={logs.FIELDS: record.fields(code, time.perf_counter() - started)},
-            )
+        with _served(self, handler.__name__, request, context) as call:
+            return await call.run(lambda: handler(self, request, context))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     return wrapper
+
+
+def rpc_stream(handler: StreamHandler[Request, Response]) -> Handler[Request, None]:
+    """:func:`rpc` for a handler that answers with a stream of messages. The call is served by a
+    coroutine that writes each answer (not by a generator grpc holds): when the caller cancels,
+    the handler's own clean-up runs at once, in the call's task."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Hooks, request: Request, context: Context) -> None:
+        async def answer() -> None:
+            async with contextlib.aclosing(handler(self, request, context)) as responses:
+                async for response in responses:
+                    await context.write(response)
+
+        with _served(self, handler.__name__, request, context) as call:
+            await call.run(answer)
+
+    return wrapper
+
+
+class _Call:
+    """One call being served: it runs the handler's steps and ends the call with a status when
+    one fails."""
+
+    def __init__(self, hooks: Hooks, record: CallRecord, request: Any, context: Context) -> None:
+        self._hooks = hooks
+        self._record = record
+        self._request = request
+        self._context = context
+        self.code = grpc.StatusCode.OK
+        self._admitted = False
+
+    async def run(self, step: Callable[[], Awaitable[Response]]) -> Response:
+        """Await one step of the handler (the first admits the call first); a failure ends the
+        call with its status."""
+        try:
+            if not self._admitted:
+                self._admitted = True
+                self._hooks.admit(self._record, self._request, self._context)
+            return await step()
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            self.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            log.exception("unexpected failure in %s", self._record.method)
+            error = GatewayError(
+                grpc.StatusCode.INTERNAL,
+                Reason.GATEWAY_ERROR,
+                "unexpected failure inside the gateway",
+            )
+        self.code = error.code
+        self._hooks.count_failure(error)
+        status = error.to_grpc_status()
+        await self._context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _served(hooks: Hooks, method: str, request: Any, context: Context) -> Iterator[_Call]:
+    """The record and the access log line of one call."""
+    record = CallRecord(
+        method,
+        bucket=getattr(request, "bucket", ""),
+        part_number=getattr(request, "part_number", 0),
+    )
+    _current.set(record)
+    started = time.perf_counter()
+    call = _Call(hooks, record, request, context)
+    try:
+        yield call
+    finally:
+        access_log.info(
+            "%s %s",
+            method,
+            call.code.name,
+            extra={logs.FIELDS: record.fields(call.code, time.perf_counter() - started)},
+        )

@@ -15,8 +15,10 @@ the Unix time the series was first touched, which no dashboard or alert reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -124,7 +126,7 @@ class Metrics:
             grpc_labels, buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.client_bytes = Counter(
-            "s3gateway_client_received_bytes_total", "Part bytes received from callers.",
+            "s3gateway_client_received_bytes_total", "Object bytes received from callers.",
             ("bucket_type",), registry=r,
         )  # fmt: skip
         self.s3_bytes = Counter(
@@ -150,7 +152,15 @@ class Metrics:
             ("algorithm",), registry=r,
         )  # fmt: skip
         self.inflight_streams = Gauge(
-            "s3gateway_inflight_streams", "UploadPart streams in progress.", registry=r
+            "s3gateway_inflight_streams",
+            "UploadPart and WriteObject streams in progress.",
+            registry=r,
+        )
+        self.write_parts_in_flight = Gauge(
+            "s3gateway_write_parts_in_flight",
+            "Parts of WriteObject streams being uploaded to S3 (GATEWAY_WRITE_PARTS_IN_FLIGHT caps "
+            "them per stream).",
+            registry=r,
         )
         self.auth_failures = Counter(
             "s3gateway_auth_failures_total",
@@ -179,7 +189,7 @@ class Metrics:
             self.s3_connections_in_use.labels(pool)
         self.buffer_bytes = Gauge(
             "s3gateway_buffer_reserved_bytes",
-            "Bytes reserved by in-flight UploadPart streams (GATEWAY_MAX_BUFFER_BYTES caps it).",
+            "Bytes reserved by in-flight streams (GATEWAY_MAX_BUFFER_BYTES caps it).",
             registry=r,
         )
         self._watched = _WatchedFiles()
@@ -245,6 +255,8 @@ class _WatchedFiles:
 
 
 Behavior = Callable[[Any, Any], Awaitable[Any]]
+#: grpc_type, grpc_service, grpc_method.
+Labels = tuple[str, str, str]
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -263,34 +275,52 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         if handler.unary_unary is not None:
-            wrapped = self._wrap(handler.unary_unary, ("unary", service, method), streaming=False)
+            wrapped = self._wrap(handler.unary_unary, ("unary", service, method))
             return grpc.unary_unary_rpc_method_handler(
                 wrapped, handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_unary is not None:
             labels = ("client_stream", service, method)
-            wrapped = self._wrap(handler.stream_unary, labels, streaming=True)
             received = self._metrics.grpc_received.labels(*labels)
             return grpc.stream_unary_rpc_method_handler(
-                wrapped,
+                self._wrap(handler.stream_unary, labels),
                 _counting(handler.request_deserializer, received),
                 handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            labels = ("bidi_stream", service, method)
+            received = self._metrics.grpc_received.labels(*labels)
+            sent = self._metrics.grpc_sent.labels(*labels)
+            behavior = handler.stream_stream
+            # An async generator (grpc's reflection), or a coroutine writing its answers.
+            observed: Callable[[Any, Any], Any]
+            if inspect.isasyncgenfunction(behavior):
+                observed = self._wrap_generator(behavior, labels)
+            else:
+                observed = self._wrap(behavior, labels)
+            return grpc.stream_stream_rpc_method_handler(
+                observed,
+                _counting(handler.request_deserializer, received),
+                _counting(handler.response_serializer, sent),
+            )
         return handler
 
-    def _wrap(self, behavior: Behavior, labels: tuple[str, str, str], streaming: bool) -> Behavior:
+    def _wrap(self, behavior: Behavior, labels: Labels) -> Behavior:
+        """Count a call; the messages of a stream are counted as they are decoded or encoded."""
         m = self._metrics
+        kind = labels[0]
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             m.grpc_started.labels(*labels).inc()
-            if not streaming:  # a stream's messages are counted as they are decoded
+            if kind == "unary":
                 m.grpc_received.labels(*labels).inc()
             started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
             try:
                 response = await behavior(request, context)
                 code = grpc.StatusCode.OK
-                m.grpc_sent.labels(*labels).inc()
+                if kind != "bidi_stream":
+                    m.grpc_sent.labels(*labels).inc()
                 return response
             except asyncio.CancelledError:
                 code = _cancelled_code(context)
@@ -304,15 +334,42 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return observed
 
+    def _wrap_generator(
+        self, behavior: Callable[[Any, Any], AsyncGenerator[Any, None]], labels: Labels
+    ) -> Callable[[Any, Any], AsyncGenerator[Any, None]]:
+        """:meth:`_wrap` for a handler that is an async generator."""
+        m = self._metrics
 
-def _counting(deserialize: Callable[[bytes], Any] | None, counter: Any) -> Callable[[bytes], Any]:
-    """A request deserializer that counts each message of a stream as the handler takes it."""
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            m.grpc_started.labels(*labels).inc()
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+                code = grpc.StatusCode.OK
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
+            except BaseException:
+                code = _final_code(context)
+                raise
+            finally:
+                m.grpc_handled.labels(*labels, GO_CODE_NAMES[code]).inc()
+                m.grpc_seconds.labels(*labels).observe(time.perf_counter() - started)
 
-    def decode(raw: bytes) -> Any:
+        return observed
+
+
+def _counting(code: Callable[[Any], Any] | None, counter: Any) -> Callable[[Any], Any]:
+    """A (de)serializer that counts each message of a stream as it is decoded or encoded."""
+
+    def counted(message: Any) -> Any:
         counter.inc()
-        return raw if deserialize is None else deserialize(raw)
+        return message if code is None else code(message)
 
-    return decode
+    return counted
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

@@ -30,7 +30,7 @@ from gateway.errors import (
     Reason,
 )
 from gateway.server.timers import IdleTimer, SendWatch, next_message
-from gateway.server.wire import Data, Malformed, PartMessage
+from gateway.server.wire import Data, Malformed, PartMessage, checked_content
 from gateway.v1 import upload_service_pb2 as pb
 
 Messages = AsyncIterator[PartMessage]
@@ -127,7 +127,7 @@ class MessageReader:
             if isinstance(message, Data):
                 if self._trailer_seen:
                     raise InvalidRequest("data", "no data may follow the trailer")
-                content = _checked_content(message)
+                content = checked_content(message)
                 self.received += len(content)
                 if content:
                     return content
@@ -145,20 +145,6 @@ class MessageReader:
             else:
                 raise InvalidRequest("message", "each message must set header, data or trailer")
         return None
-
-
-def _checked_content(data: Data) -> Chunk:
-    content = data.content
-    if data.crc32c is not None:
-        computed = checksums.crc32c(content)
-        if computed != data.crc32c:
-            raise ChecksumMismatch(
-                "CRC32C",
-                checksums.encode(data.crc32c.to_bytes(4, "big")),
-                checksums.encode(computed.to_bytes(4, "big")),
-                where="data message",
-            )
-    return content
 
 
 #: A checksum update estimated to take longer than this runs in a worker thread.
@@ -292,6 +278,53 @@ class PartBody:
         self.digests = await self._hasher.digests()
         self._plan.verify(self.digests)
         self._finished = True
+
+
+class HeldBody:
+    """A request body for aiobotocore from bytes the gateway holds (a part of a WriteObject):
+    handed to aiohttp in slices that are views, never copies, under a :class:`SendWatch` like a
+    relayed part, so S3 taking nothing within the stall timeout ends the request."""
+
+    #: Bytes per slice: a few times the socket's unsent low-water mark.
+    SLICE = 256 * 1024
+
+    def __init__(
+        self, data: bytes | bytearray | memoryview, watch: SendWatch | None = None
+    ) -> None:
+        self._view = memoryview(data)
+        self._offset = 0
+        self._watch = watch
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def __aiter__(self) -> HeldBody:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        chunk = await self.read(self.SLICE)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def read(self, size: int = -1) -> Chunk:
+        if self._watch is not None:
+            self._watch.wanted()
+        end = len(self._view) if size is None or size < 0 else self._offset + size
+        chunk = self._view[self._offset : end]
+        self._offset += len(chunk)
+        if self._watch is not None:
+            if chunk:
+                self._watch.handed()
+            else:
+                self._watch.sent()
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("a held part is sent once per request")
+
+    def tell(self) -> int:
+        raise io.UnsupportedOperation("a held part is sent once per request")
 
 
 async def read_whole_part(

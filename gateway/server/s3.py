@@ -62,7 +62,7 @@ from gateway.server.pool import ConnectionSlots
 DEFAULT_REGION = "us-east-1"
 Pool = Literal["data", "control"]
 #: The operations that use the data slots; every other one uses the control slots.
-DATA_OPERATIONS = frozenset({"UploadPart", "UploadPartCopy"})
+DATA_OPERATIONS = frozenset({"UploadPart", "UploadPartCopy", "PutObject"})
 #: Bytes of a request the kernel may hold not yet sent (TCP_NOTSENT_LOWAT).
 UNSENT_LOW_WATER = 128 * 1024
 #: Connections aiohttp's pool may open beyond the slots, for botocore's own calls.

@@ -9,7 +9,7 @@ admission (:meth:`UploadService.admit`), errors to statuses, the access log.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +19,7 @@ from gateway import buckets, convert
 from gateway.config import Settings
 from gateway.errors import (
     ADMISSION_REASONS,
+    STREAMING_RPCS,
     GatewayError,
     InvalidRequest,
     PermissionDenied,
@@ -28,11 +29,19 @@ from gateway.errors import (
 from gateway.security.guard import Guard
 from gateway.server import validate
 from gateway.server.admission import Admission
-from gateway.server.calls import CallRecord, Context, current_call, rpc
+from gateway.server.calls import CallRecord, Context, current_call, rpc, rpc_stream
 from gateway.server.metrics import Metrics
 from gateway.server.s3 import S3
 from gateway.server.upload_part import PartUpload, default_checksum
-from gateway.server.wire import Malformed, PartMessage, decode_part_message, decoder
+from gateway.server.wire import (
+    Malformed,
+    PartMessage,
+    WriteMessage,
+    decode_part_message,
+    decode_write_message,
+    decoder,
+)
+from gateway.server.write_object import ObjectWrite
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
@@ -52,12 +61,17 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self._guard = guard
         self._admission = admission
         self._upload_part = PartUpload(s3, settings, metrics, guard, admission)
+        self._write_object = ObjectWrite(s3, settings, metrics, guard, admission)
+
+    async def settle(self) -> None:
+        """Wait for the clean-up calls of the ended calls (WriteObject's aborts)."""
+        await self._write_object.settle()
 
     # --- what every call goes through (gateway.server.calls.Hooks)
 
     def admit(self, record: CallRecord, request: Any, context: Context) -> None:
         """Authenticate the caller; refuse a malformed request; check the policy of a unary call
-        (UploadPart's comes with its header, UploadPartCopy's source with its handler)."""
+        (a stream's comes with its first message, UploadPartCopy's source with its handler)."""
         record.principal = self._guard.authenticate(context)
         record.caller = self._admission.key(record.principal, context)
         if isinstance(request, Malformed):
@@ -67,7 +81,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             self._guard.authorize(
                 record.principal, operation, request.bucket, prefix=request.prefix
             )
-        elif operation != "UploadPart":
+        elif operation not in STREAMING_RPCS:
             self._guard.authorize(record.principal, operation, request.bucket, request.key)
 
     def count_failure(self, error: GatewayError) -> None:
@@ -113,6 +127,14 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self, request_iterator: AsyncIterator[PartMessage], context: Context
     ) -> pb.UploadPartResponse:
         return await self._upload_part(request_iterator, current_call())
+
+    # grpc.aio serves a streaming answer from a coroutine that writes it, too; the generated
+    # servicer knows only generators.
+    @rpc_stream
+    def WriteObject(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[WriteMessage], context: Context
+    ) -> AsyncGenerator[pb.WriteObjectResponse, None]:
+        return self._write_object(request_iterator, current_call())
 
     @rpc
     async def UploadPartCopy(
@@ -196,7 +218,11 @@ def add_to_server(service: UploadService, server: grpc.aio.Server) -> None:
     for method in SERVICE.methods:
         behavior = getattr(service, method.name)
         serialize = getattr(pb, method.output_type.name).SerializeToString
-        if method.client_streaming:
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behavior, decode_write_message, serialize
+            )
+        elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                 behavior, decode_part_message, serialize
             )

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import GatewayError, Reason, ResourceExhausted, s3_stalled
-from gateway.server.wire import PartMessage
 
-Messages = AsyncIterator[PartMessage]
+#: A message of a caller's stream.
+M = TypeVar("M")
 
 
 class Deadline:
@@ -71,7 +71,7 @@ class IdleTimer:
         self._waiter: asyncio.Task[Any] | None = None
         self._expired = False
 
-    async def next(self, messages: Messages) -> PartMessage | None:
+    async def next(self, messages: AsyncIterator[M]) -> M | None:
         """The next message (None at the end of the stream), or :class:`ResourceExhausted`."""
         task = asyncio.current_task()
         assert task is not None
@@ -178,7 +178,7 @@ class SendWatch:
         self._deadline.close()
 
 
-async def next_message(messages: Messages, timer: IdleTimer | None) -> PartMessage | None:
+async def next_message(messages: AsyncIterator[M], timer: IdleTimer | None) -> M | None:
     """The caller's next message (None at the end of the stream), within ``timer``'s limit."""
     if timer is None:
         return await anext(messages, None)

@@ -7,8 +7,9 @@ HTTP/2 frames. The generated code decodes it with protobuf, which copies a ``byt
 extra copies of every relayed byte, the largest cost of the relay. So the gateway registers its
 own deserializers:
 
-* UploadPart's :func:`decode_part_message` recognises the message that carries part bytes, a
-  ``data`` field holding ``content`` and perhaps ``crc32c``, by reading its few bytes of framing,
+* The streamed requests' decoders (:func:`stream_decoder`: UploadPart's and WriteObject's)
+  recognise the message that carries bytes, a ``data`` field holding ``content`` and perhaps
+  ``crc32c`` (field 2 of both request types), by reading its few bytes of framing,
   and returns :class:`Data` whose ``content`` is a ``memoryview`` into grpc's buffer. Anything else
   (a header, a trailer, an unusual encoding of data) is decoded by protobuf as before; the fast path
   accepts a message only where protobuf would decode the same content and crc32c.
@@ -25,6 +26,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from gateway import checksums
+from gateway.errors import ChecksumMismatch
 from gateway.v1 import upload_service_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -54,21 +57,52 @@ class Malformed:
 
 
 PartMessage = pb.UploadPartRequest | Data | Malformed
+WriteMessage = pb.WriteObjectRequest | Data | Malformed
+#: The streamed request types: ``data`` (field 2, ChecksummedData) carries the bytes in each.
+StreamRequest = TypeVar("StreamRequest", pb.UploadPartRequest, pb.WriteObjectRequest)
 
 
-def decode_part_message(raw: bytes) -> PartMessage:
-    """One UploadPart request message: :class:`Data` for part bytes, otherwise the decoded
-    message, or :class:`Malformed`."""
-    data = _data_fast_path(raw)
-    if data is not None:
-        return data
-    try:
-        message = pb.UploadPartRequest.FromString(raw)
-    except DecodeError as exc:
-        return Malformed(str(exc) or "not a valid UploadPartRequest")
-    if message.WhichOneof("message") == "data":
-        return as_data(message.data)
-    return message
+def stream_decoder(
+    message_type: type[StreamRequest],
+) -> Callable[[bytes], StreamRequest | Data | Malformed]:
+    """A deserializer of a streamed request type: :class:`Data` for the bytes, otherwise the
+    decoded message, or :class:`Malformed`."""
+
+    def decode(raw: bytes) -> StreamRequest | Data | Malformed:
+        data = _data_fast_path(raw)
+        if data is not None:
+            return data
+        try:
+            message = message_type.FromString(raw)
+        except DecodeError as exc:
+            return Malformed(str(exc) or f"not a valid {message_type.__name__}")
+        if message.WhichOneof("message") == "data":
+            return as_data(message.data)
+        return message
+
+    return decode
+
+
+#: One UploadPart request message.
+decode_part_message = stream_decoder(pb.UploadPartRequest)
+#: One WriteObject request message.
+decode_write_message = stream_decoder(pb.WriteObjectRequest)
+
+
+def checked_content(data: Data) -> bytes | memoryview:
+    """The message's bytes, once their CRC32C matches the one the caller sent with them, if it
+    sent one; :class:`gateway.errors.ChecksumMismatch` otherwise."""
+    content = data.content
+    if data.crc32c is not None:
+        computed = checksums.crc32c(content)
+        if computed != data.crc32c:
+            raise ChecksumMismatch(
+                "CRC32C",
+                checksums.encode(data.crc32c.to_bytes(4, "big")),
+                checksums.encode(computed.to_bytes(4, "big")),
+                where="data message",
+            )
+    return content
 
 
 def as_data(data: pb.ChecksummedData) -> Data:

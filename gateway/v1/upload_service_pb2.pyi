@@ -299,6 +299,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """S3 Throttling. Retry after the RetryInfo delay, with backoff."""
     ERROR_REASON_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 64
     """S3 NotImplemented: the store does not support something the request uses."""
+    ERROR_REASON_TOO_MANY_PARTS: _ErrorReason.ValueType  # 65
+    """The object needs more than S3's 10,000 parts at the part size in use: give WriteObject the
+    object's size (`object_size`), so that the gateway picks parts large enough.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason documents every `google.rpc.ErrorInfo.reason` the gateway returns. The reason string
@@ -473,6 +477,10 @@ ERROR_REASON_THROTTLING: ErrorReason.ValueType  # 63
 """S3 Throttling. Retry after the RetryInfo delay, with backoff."""
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 64
 """S3 NotImplemented: the store does not support something the request uses."""
+ERROR_REASON_TOO_MANY_PARTS: ErrorReason.ValueType  # 65
+"""The object needs more than S3's 10,000 parts at the part size in use: give WriteObject the
+object's size (`object_size`), so that the gateway picks parts large enough.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -2175,3 +2183,382 @@ class ListMultipartUploadsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_id_marker) -> _WhichOneofReturnType__upload_id_marker | None: ...
 
 Global___ListMultipartUploadsResponse: _TypeAlias = ListMultipartUploadsResponse  # noqa: Y015
+
+@_typing.final
+class WriteObjectRequest(_message.Message):
+    """WriteObjectRequest is one message of a WriteObject stream: first a `spec`, then any number of
+    `data` messages carrying the object's bytes in order, then one `finish`. A stream that ends
+    without `finish` commits nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    FINISH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___WriteObjectSpec:
+        """The first message, and only the first: the object to write and its attributes."""
+
+    @_builtins.property
+    def data(self) -> Global___ChecksummedData:
+        """A chunk of the object's bytes, in order (the same message UploadPart streams; the field
+        number is the same, so a client can share its encoder).
+        """
+
+    @_builtins.property
+    def finish(self) -> Global___FinishWrite:
+        """The last message: the object is complete. Required; without it nothing is committed."""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___WriteObjectSpec | None = ...,
+        data: Global___ChecksummedData | None = ...,
+        finish: Global___FinishWrite | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["spec", "data", "finish"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___WriteObjectRequest: _TypeAlias = WriteObjectRequest  # noqa: Y015
+
+@_typing.final
+class WriteObjectSpec(_message.Message):
+    """WriteObjectSpec names the object to write and the attributes it gets, as PutObject and
+    CreateMultipartUpload take them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    IF_NONE_MATCH_FIELD_NUMBER: _builtins.int
+    IF_MATCH_FIELD_NUMBER: _builtins.int
+    OBJECT_SIZE_FIELD_NUMBER: _builtins.int
+    if_none_match: _builtins.str
+    """Optional. "*" writes the object only if the key does not exist yet (S3's If-None-Match): a
+    retry of a whole WriteObject whose answer was lost then fails with FAILED_PRECONDITION
+    instead of writing the object twice.
+    """
+    if_match: _builtins.str
+    """Optional. Write only if the object's current ETag is this one (S3's If-Match)."""
+    object_size: _builtins.int
+    """Optional. The object's size in bytes, if known: the gateway picks a part size that keeps the
+    object within S3's 10,000 parts, and refuses a stream that carries a different number of
+    bytes (OUT_OF_RANGE). Without it, objects up to 10,000 times the gateway's part size
+    (GATEWAY_WRITE_PART_SIZE) can be written.
+    """
+    @_builtins.property
+    def object(self) -> Global___CreateMultipartUploadRequest:
+        """Required. The bucket, the key and the object's attributes (content type and the other
+        headers, user metadata, tagging, storage class, ACL or grants, SSE-S3 / SSE-KMS / SSE-C,
+        object lock, request payer, expected bucket owner, checksum algorithm and type), with the
+        meaning they have for CreateMultipartUpload. The checksum algorithm defaults to CRC64NVME
+        with type FULL_OBJECT; SHA1 and SHA256 (and the other algorithms S3 cannot combine) are
+        COMPOSITE.
+        """
+
+    def __init__(
+        self,
+        *,
+        object: Global___CreateMultipartUploadRequest | None = ...,
+        if_none_match: _builtins.str | None = ...,
+        if_match: _builtins.str | None = ...,
+        object_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_match", b"_if_match", "_if_none_match", b"_if_none_match", "_object_size", b"_object_size", "if_match", b"if_match", "if_none_match", b"if_none_match", "object", b"object", "object_size", b"object_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_match", b"_if_match", "_if_none_match", b"_if_none_match", "_object_size", b"_object_size", "if_match", b"if_match", "if_none_match", b"if_none_match", "object", b"object", "object_size", b"object_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__if_match: _TypeAlias = _typing.Literal["if_match"]  # noqa: Y015
+    _WhichOneofArgType__if_match: _TypeAlias = _typing.Literal["_if_match", b"_if_match"]  # noqa: Y015
+    _WhichOneofReturnType__if_none_match: _TypeAlias = _typing.Literal["if_none_match"]  # noqa: Y015
+    _WhichOneofArgType__if_none_match: _TypeAlias = _typing.Literal["_if_none_match", b"_if_none_match"]  # noqa: Y015
+    _WhichOneofReturnType__object_size: _TypeAlias = _typing.Literal["object_size"]  # noqa: Y015
+    _WhichOneofArgType__object_size: _TypeAlias = _typing.Literal["_object_size", b"_object_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_match) -> _WhichOneofReturnType__if_match | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_none_match) -> _WhichOneofReturnType__if_none_match | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__object_size) -> _WhichOneofReturnType__object_size | None: ...
+
+Global___WriteObjectSpec: _TypeAlias = WriteObjectSpec  # noqa: Y015
+
+@_typing.final
+class FinishWrite(_message.Message):
+    """FinishWrite ends the object. It may carry the value of the object's checksum algorithm (the
+    spec's, CRC64NVME by default), of the whole object's bytes: the gateway verifies it against
+    the bytes it received before anything is completed; a mismatch completes nothing and aborts
+    the upload (INVALID_ARGUMENT, reason CHECKSUM_MISMATCH). For a FULL_OBJECT checksum the value is
+    also sent to S3, which checks it again. A value of another algorithm is INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKSUM_CRC32_FIELD_NUMBER: _builtins.int
+    CHECKSUM_CRC32C_FIELD_NUMBER: _builtins.int
+    CHECKSUM_CRC64NVME_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA1_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA256_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA512_FIELD_NUMBER: _builtins.int
+    CHECKSUM_MD5_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH64_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH3_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH128_FIELD_NUMBER: _builtins.int
+    checksum_crc32: _builtins.str
+    """Base64 CRC-32 of the whole object (type FULL_OBJECT)."""
+    checksum_crc32c: _builtins.str
+    """Base64 CRC-32C of the whole object (type FULL_OBJECT)."""
+    checksum_crc64nvme: _builtins.str
+    """Base64 CRC-64/NVME of the whole object (type FULL_OBJECT)."""
+    checksum_sha1: _builtins.str
+    """Base64 SHA-1 of the whole object's bytes (the gateway checks it; S3 keeps a COMPOSITE one)."""
+    checksum_sha256: _builtins.str
+    """Base64 SHA-256 of the whole object's bytes (the gateway checks it; S3 keeps a COMPOSITE
+    one).
+    """
+    checksum_sha512: _builtins.str
+    """Base64 SHA-512 of the whole object's bytes (as SHA-256)."""
+    checksum_md5: _builtins.str
+    """Base64 MD5 of the whole object's bytes, as an x-amz-checksum (as SHA-256)."""
+    checksum_xxhash64: _builtins.str
+    """Base64 XXH64 of the whole object's bytes (as SHA-256)."""
+    checksum_xxhash3: _builtins.str
+    """Base64 XXH3-64 of the whole object's bytes (as SHA-256)."""
+    checksum_xxhash128: _builtins.str
+    """Base64 XXH3-128 of the whole object's bytes (as SHA-256)."""
+    def __init__(
+        self,
+        *,
+        checksum_crc32: _builtins.str = ...,
+        checksum_crc32c: _builtins.str = ...,
+        checksum_crc64nvme: _builtins.str = ...,
+        checksum_sha1: _builtins.str = ...,
+        checksum_sha256: _builtins.str = ...,
+        checksum_sha512: _builtins.str = ...,
+        checksum_md5: _builtins.str = ...,
+        checksum_xxhash64: _builtins.str = ...,
+        checksum_xxhash3: _builtins.str = ...,
+        checksum_xxhash128: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishWrite: _TypeAlias = FinishWrite  # noqa: Y015
+
+@_typing.final
+class WriteObjectResponse(_message.Message):
+    """WriteObjectResponse is one message the gateway sends on a WriteObject stream: progress as
+    parts are committed, then the object.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___WriteProgress:
+        """How much of the object is committed in S3 so far; sent each time a part is."""
+
+    @_builtins.property
+    def object(self) -> Global___WrittenObject:
+        """The written object: the last message, sent once S3 completed it."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___WriteProgress | None = ...,
+        object: Global___WrittenObject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "object", b"object", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "object", b"object", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["progress", "object"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___WriteObjectResponse: _TypeAlias = WriteObjectResponse  # noqa: Y015
+
+@_typing.final
+class WriteProgress(_message.Message):
+    """WriteProgress says how much of the object S3 holds so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSISTED_SIZE_FIELD_NUMBER: _builtins.int
+    persisted_size: _builtins.int
+    """The number of bytes, from the start of the object, stored in S3 as committed parts."""
+    def __init__(
+        self,
+        *,
+        persisted_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["persisted_size", b"persisted_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteProgress: _TypeAlias = WriteProgress  # noqa: Y015
+
+@_typing.final
+class WrittenObject(_message.Message):
+    """WrittenObject is what S3 answered for the written object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ComputedChecksumsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    CHECKSUM_CRC32_FIELD_NUMBER: _builtins.int
+    CHECKSUM_CRC32C_FIELD_NUMBER: _builtins.int
+    CHECKSUM_CRC64NVME_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA1_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA256_FIELD_NUMBER: _builtins.int
+    CHECKSUM_TYPE_FIELD_NUMBER: _builtins.int
+    COMPUTED_CHECKSUMS_FIELD_NUMBER: _builtins.int
+    SERVER_SIDE_ENCRYPTION_FIELD_NUMBER: _builtins.int
+    SSE_CUSTOMER_ALGORITHM_FIELD_NUMBER: _builtins.int
+    SSE_CUSTOMER_KEY_MD5_FIELD_NUMBER: _builtins.int
+    SSEKMS_KEY_ID_FIELD_NUMBER: _builtins.int
+    BUCKET_KEY_ENABLED_FIELD_NUMBER: _builtins.int
+    REQUEST_CHARGED_FIELD_NUMBER: _builtins.int
+    EXPIRATION_FIELD_NUMBER: _builtins.int
+    CHECKSUM_SHA512_FIELD_NUMBER: _builtins.int
+    CHECKSUM_MD5_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH64_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH3_FIELD_NUMBER: _builtins.int
+    CHECKSUM_XXHASH128_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    """The bucket."""
+    key: _builtins.str
+    """The key."""
+    etag: _builtins.str
+    """The object's ETag, verbatim with its quotes (of a multipart object, "-N" ends it); empty
+    when S3 answered without one (Ceph RGW 16 completing a multipart object).
+    """
+    version_id: _builtins.str
+    """The version id, in a versioned bucket."""
+    size: _builtins.int
+    """The object's size in bytes."""
+    parts: _builtins.int
+    """The number of parts (0 for an object written with one PutObject)."""
+    checksum_crc32: _builtins.str
+    """Base64 CRC-32 S3 stored for the object."""
+    checksum_crc32c: _builtins.str
+    """Base64 CRC-32C S3 stored for the object."""
+    checksum_crc64nvme: _builtins.str
+    """Base64 CRC-64/NVME S3 stored for the object."""
+    checksum_sha1: _builtins.str
+    """Base64 SHA-1 S3 stored for the object (COMPOSITE: with "-N")."""
+    checksum_sha256: _builtins.str
+    """Base64 SHA-256 S3 stored for the object (COMPOSITE: with "-N")."""
+    checksum_type: Global___ChecksumType.ValueType
+    """How the object's checksum is formed."""
+    server_side_encryption: _builtins.str
+    """The server-side encryption S3 used (AES256, aws:kms, aws:kms:dsse)."""
+    sse_customer_algorithm: _builtins.str
+    """The SSE-C algorithm, with a customer key (of a multipart object: as S3 answered its parts)."""
+    sse_customer_key_md5: _builtins.str
+    """Base64 MD5 of the SSE-C key, with a customer key (of a multipart object: as S3 answered its
+    parts).
+    """
+    ssekms_key_id: _builtins.str
+    """The KMS key, with SSE-KMS."""
+    bucket_key_enabled: _builtins.bool
+    """Whether an S3 Bucket Key was used."""
+    request_charged: _builtins.str
+    """"requester" when the requester was charged."""
+    expiration: _builtins.str
+    """The object's expiration, from a lifecycle rule."""
+    checksum_sha512: _builtins.str
+    """Base64 SHA-512 S3 stored for the object (COMPOSITE: with "-N")."""
+    checksum_md5: _builtins.str
+    """Base64 MD5 S3 stored for the object as an x-amz-checksum (COMPOSITE: with "-N")."""
+    checksum_xxhash64: _builtins.str
+    """Base64 XXH64 S3 stored for the object (COMPOSITE: with "-N")."""
+    checksum_xxhash3: _builtins.str
+    """Base64 XXH3-64 S3 stored for the object (COMPOSITE: with "-N")."""
+    checksum_xxhash128: _builtins.str
+    """Base64 XXH3-128 S3 stored for the object (COMPOSITE: with "-N")."""
+    @_builtins.property
+    def computed_checksums(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The checksums the gateway computed over the object's bytes (base64, by algorithm name):
+        what the caller can compare with its own, whatever the store stores.
+        """
+
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        etag: _builtins.str | None = ...,
+        version_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        parts: _builtins.int = ...,
+        checksum_crc32: _builtins.str = ...,
+        checksum_crc32c: _builtins.str = ...,
+        checksum_crc64nvme: _builtins.str = ...,
+        checksum_sha1: _builtins.str = ...,
+        checksum_sha256: _builtins.str = ...,
+        checksum_type: Global___ChecksumType.ValueType = ...,
+        computed_checksums: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        server_side_encryption: _builtins.str = ...,
+        sse_customer_algorithm: _builtins.str = ...,
+        sse_customer_key_md5: _builtins.str = ...,
+        ssekms_key_id: _builtins.str = ...,
+        bucket_key_enabled: _builtins.bool | None = ...,
+        request_charged: _builtins.str = ...,
+        expiration: _builtins.str = ...,
+        checksum_sha512: _builtins.str = ...,
+        checksum_md5: _builtins.str = ...,
+        checksum_xxhash64: _builtins.str = ...,
+        checksum_xxhash3: _builtins.str = ...,
+        checksum_xxhash128: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket_key_enabled", b"bucket_key_enabled", "etag", b"etag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled", "_etag", b"_etag", "bucket", b"bucket", "bucket_key_enabled", b"bucket_key_enabled", "checksum_crc32", b"checksum_crc32", "checksum_crc32c", b"checksum_crc32c", "checksum_crc64nvme", b"checksum_crc64nvme", "checksum_md5", b"checksum_md5", "checksum_sha1", b"checksum_sha1", "checksum_sha256", b"checksum_sha256", "checksum_sha512", b"checksum_sha512", "checksum_type", b"checksum_type", "checksum_xxhash128", b"checksum_xxhash128", "checksum_xxhash3", b"checksum_xxhash3", "checksum_xxhash64", b"checksum_xxhash64", "computed_checksums", b"computed_checksums", "etag", b"etag", "expiration", b"expiration", "key", b"key", "parts", b"parts", "request_charged", b"request_charged", "server_side_encryption", b"server_side_encryption", "size", b"size", "sse_customer_algorithm", b"sse_customer_algorithm", "sse_customer_key_md5", b"sse_customer_key_md5", "ssekms_key_id", b"ssekms_key_id", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bucket_key_enabled: _TypeAlias = _typing.Literal["bucket_key_enabled"]  # noqa: Y015
+    _WhichOneofArgType__bucket_key_enabled: _TypeAlias = _typing.Literal["_bucket_key_enabled", b"_bucket_key_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bucket_key_enabled) -> _WhichOneofReturnType__bucket_key_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
+
+Global___WrittenObject: _TypeAlias = WrittenObject  # noqa: Y015

@@ -71,6 +71,11 @@ class UploadServiceStub:
                 request_serializer=gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsResponse.FromString,
                 _registered_method=True)
+        self.WriteObject = channel.stream_stream(
+                '/gateway.v1.UploadService/WriteObject',
+                request_serializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.FromString,
+                _registered_method=True)
 
 
 class UploadServiceServicer:
@@ -179,6 +184,37 @@ class UploadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteObject(self, request_iterator, context):
+        """Writes one object from one stream: the gateway owns the multipart upload (S3 PutObject for
+        an object that fits one part, else CreateMultipartUpload, UploadPart, CompleteMultipartUpload).
+
+        The caller sends a `spec`, then the object's bytes in `data` messages, then `finish`. The
+        gateway cuts the bytes into parts, uploads several parts at once on connections of their own,
+        verifies every part and the whole object's checksum (CRC64NVME by default, computed while the
+        bytes stream through, and compared with any value `finish` carries) and only then completes
+        the object; it answers a `progress` message each time a part is committed, and the `object`
+        last. Any failure, a cancel or a stream that ends without `finish` aborts the upload: nothing
+        is committed and no part is left behind.
+
+        The stream is bidirectional so that progress reaches the caller while it sends: a caller may
+        ignore progress and read only the last message. Retrying a whole WriteObject whose answer was
+        lost is safe with `if_none_match: "*"`, which makes the second attempt FAILED_PRECONDITION.
+
+        Status codes: INVALID_ARGUMENT for a malformed stream or spec, and for a checksum mismatch
+        (reason CHECKSUM_MISMATCH: re-read the data and write the object again); OUT_OF_RANGE when the
+        stream carries another number of bytes than `object_size`; FAILED_PRECONDITION when
+        `if_none_match` / `if_match` does not hold, or the object needs more than 10,000 parts;
+        ABORTED when a concurrent conditional write won; RESOURCE_EXHAUSTED for the gateway's stream,
+        buffer and idle limits (retry after the RetryInfo delay); UNAVAILABLE and DEADLINE_EXCEEDED
+        when S3 failed transiently or ran out of time after the parts' own retries, or the caller's
+        deadline passed (write the object again); CANCELLED when the caller cancelled; and
+        UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
+        service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UploadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +252,11 @@ def add_UploadServiceServicer_to_server(servicer, server):
                     servicer.ListMultipartUploads,
                     request_deserializer=gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsResponse.SerializeToString,
+            ),
+            'WriteObject': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteObject,
+                    request_deserializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -409,6 +450,33 @@ class UploadService:
             '/gateway.v1.UploadService/ListMultipartUploads',
             gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsRequest.SerializeToString,
             gateway_dot_v1_dot_upload__service__pb2.ListMultipartUploadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteObject(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gateway.v1.UploadService/WriteObject',
+            gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.SerializeToString,
+            gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -135,6 +135,33 @@ class UploadServiceStub:
     FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
     the service.
     """
+    WriteObject: _grpc.StreamStreamMultiCallable[_upload_service_pb2.WriteObjectRequest, _upload_service_pb2.WriteObjectResponse]
+    """Writes one object from one stream: the gateway owns the multipart upload (S3 PutObject for
+    an object that fits one part, else CreateMultipartUpload, UploadPart, CompleteMultipartUpload).
+
+    The caller sends a `spec`, then the object's bytes in `data` messages, then `finish`. The
+    gateway cuts the bytes into parts, uploads several parts at once on connections of their own,
+    verifies every part and the whole object's checksum (CRC64NVME by default, computed while the
+    bytes stream through, and compared with any value `finish` carries) and only then completes
+    the object; it answers a `progress` message each time a part is committed, and the `object`
+    last. Any failure, a cancel or a stream that ends without `finish` aborts the upload: nothing
+    is committed and no part is left behind.
+
+    The stream is bidirectional so that progress reaches the caller while it sends: a caller may
+    ignore progress and read only the last message. Retrying a whole WriteObject whose answer was
+    lost is safe with `if_none_match: "*"`, which makes the second attempt FAILED_PRECONDITION.
+
+    Status codes: INVALID_ARGUMENT for a malformed stream or spec, and for a checksum mismatch
+    (reason CHECKSUM_MISMATCH: re-read the data and write the object again); OUT_OF_RANGE when the
+    stream carries another number of bytes than `object_size`; FAILED_PRECONDITION when
+    `if_none_match` / `if_match` does not hold, or the object needs more than 10,000 parts;
+    ABORTED when a concurrent conditional write won; RESOURCE_EXHAUSTED for the gateway's stream,
+    buffer and idle limits (retry after the RetryInfo delay); UNAVAILABLE and DEADLINE_EXCEEDED
+    when S3 failed transiently or ran out of time after the parts' own retries, or the caller's
+    deadline passed (write the object again); CANCELLED when the caller cancelled; and
+    UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
+    service.
+    """
 
 @_typing.type_check_only
 class UploadServiceAsyncStub(UploadServiceStub):
@@ -215,6 +242,33 @@ class UploadServiceAsyncStub(UploadServiceStub):
     (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
     FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
     the service.
+    """
+    WriteObject: _aio.StreamStreamMultiCallable[_upload_service_pb2.WriteObjectRequest, _upload_service_pb2.WriteObjectResponse]  # type: ignore[assignment]
+    """Writes one object from one stream: the gateway owns the multipart upload (S3 PutObject for
+    an object that fits one part, else CreateMultipartUpload, UploadPart, CompleteMultipartUpload).
+
+    The caller sends a `spec`, then the object's bytes in `data` messages, then `finish`. The
+    gateway cuts the bytes into parts, uploads several parts at once on connections of their own,
+    verifies every part and the whole object's checksum (CRC64NVME by default, computed while the
+    bytes stream through, and compared with any value `finish` carries) and only then completes
+    the object; it answers a `progress` message each time a part is committed, and the `object`
+    last. Any failure, a cancel or a stream that ends without `finish` aborts the upload: nothing
+    is committed and no part is left behind.
+
+    The stream is bidirectional so that progress reaches the caller while it sends: a caller may
+    ignore progress and read only the last message. Retrying a whole WriteObject whose answer was
+    lost is safe with `if_none_match: "*"`, which makes the second attempt FAILED_PRECONDITION.
+
+    Status codes: INVALID_ARGUMENT for a malformed stream or spec, and for a checksum mismatch
+    (reason CHECKSUM_MISMATCH: re-read the data and write the object again); OUT_OF_RANGE when the
+    stream carries another number of bytes than `object_size`; FAILED_PRECONDITION when
+    `if_none_match` / `if_match` does not hold, or the object needs more than 10,000 parts;
+    ABORTED when a concurrent conditional write won; RESOURCE_EXHAUSTED for the gateway's stream,
+    buffer and idle limits (retry after the RetryInfo delay); UNAVAILABLE and DEADLINE_EXCEEDED
+    when S3 failed transiently or ran out of time after the parts' own retries, or the caller's
+    deadline passed (write the object again); CANCELLED when the caller cancelled; and
+    UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
+    service.
     """
 
 class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -335,6 +389,39 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
         (retry with backoff); and UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
         FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for
         the service.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteObject(
+        self,
+        request_iterator: _MaybeAsyncIterator[_upload_service_pb2.WriteObjectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_upload_service_pb2.WriteObjectResponse], _abc.AsyncIterator[_upload_service_pb2.WriteObjectResponse]]:
+        """Writes one object from one stream: the gateway owns the multipart upload (S3 PutObject for
+        an object that fits one part, else CreateMultipartUpload, UploadPart, CompleteMultipartUpload).
+
+        The caller sends a `spec`, then the object's bytes in `data` messages, then `finish`. The
+        gateway cuts the bytes into parts, uploads several parts at once on connections of their own,
+        verifies every part and the whole object's checksum (CRC64NVME by default, computed while the
+        bytes stream through, and compared with any value `finish` carries) and only then completes
+        the object; it answers a `progress` message each time a part is committed, and the `object`
+        last. Any failure, a cancel or a stream that ends without `finish` aborts the upload: nothing
+        is committed and no part is left behind.
+
+        The stream is bidirectional so that progress reaches the caller while it sends: a caller may
+        ignore progress and read only the last message. Retrying a whole WriteObject whose answer was
+        lost is safe with `if_none_match: "*"`, which makes the second attempt FAILED_PRECONDITION.
+
+        Status codes: INVALID_ARGUMENT for a malformed stream or spec, and for a checksum mismatch
+        (reason CHECKSUM_MISMATCH: re-read the data and write the object again); OUT_OF_RANGE when the
+        stream carries another number of bytes than `object_size`; FAILED_PRECONDITION when
+        `if_none_match` / `if_match` does not hold, or the object needs more than 10,000 parts;
+        ABORTED when a concurrent conditional write won; RESOURCE_EXHAUSTED for the gateway's stream,
+        buffer and idle limits (retry after the RetryInfo delay); UNAVAILABLE and DEADLINE_EXCEEDED
+        when S3 failed transiently or ran out of time after the parts' own retries, or the caller's
+        deadline passed (write the object again); CANCELLED when the caller cancelled; and
+        UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
+        service.
         """
 
 def add_UploadServiceServicer_to_server(servicer: UploadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

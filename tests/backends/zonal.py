@@ -2,8 +2,8 @@
 
 There is no S3 Express here, so the gateway's directory-bucket traffic is tested against this:
 an aiohttp HTTPS server that speaks just enough of the zonal protocol (CreateSession, the multipart
-operations) and records every request — method, Host, path, query, headers, the decoded body and
-any aws-chunked trailer. The gateway reaches it through its directory endpoint override
+operations, PutObject) and records every request — method, Host, path, query, headers, the decoded
+body and any aws-chunked trailer. The gateway reaches it through its directory endpoint override
 (``https://zonal.test:PORT``); botocore then addresses ``{bucket}.zonal.test`` virtual-host
 style, a name no resolver knows, so the gateway is started with ``HTTPS_PROXY`` pointing at a
 small CONNECT proxy that tunnels every connection to this server. Everything on the gateway's
@@ -85,6 +85,8 @@ def _operation(method: str, path: str, query: dict[str, str]) -> str:
         return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(
             method, "ListParts"
         )
+    if method == "PUT" and path.strip("/"):
+        return "PutObject"
     return f"{method} {path}"
 
 
@@ -222,6 +224,11 @@ class ZonalServer:
                 f"<CompleteMultipartUploadResult {_NS}><Bucket>{bucket}</Bucket>"
                 f'<Key>{escape(key)}</Key><ETag>"done-1"</ETag></CompleteMultipartUploadResult>'
             )
+        if r.operation == "PutObject":
+            etag = f'"{hashlib.md5(r.body).hexdigest()}"'
+            echoed = {k: v for k, v in r.headers.items() if k.startswith("x-amz-checksum-")}
+            echoed.pop("x-amz-checksum-algorithm", None)
+            return web.Response(status=200, headers={"ETag": etag, **echoed})
         if r.operation == "AbortMultipartUpload":
             self.uploads.pop(r.query["uploadId"], None)
             return web.Response(status=204)

@@ -1,0 +1,89 @@
+"""WriteObject against an S3 that fails, stalls or resets a part, through a fault proxy.
+
+The gateway holds each part in memory, so a part that fails with a retryable error is sent
+again and the object is written; a part that keeps failing ends the stream with S3's status, and
+the multipart upload is aborted: no part is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from gateway.server.write_object import PART_ATTEMPTS
+from gateway.units import MiB
+from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from tests.faults.conftest import LIMITS
+from tests.faults.proxy import Fault, FaultProxy, Reset, Respond, Stall
+from tests.helpers import (
+    GatewayThread,
+    S3Reader,
+    error_info,
+    wait_for_async,
+    write_object,
+    write_refused,
+    write_spec,
+    write_stream,
+)
+
+PART = 5 * MiB
+STALL = LIMITS["s3_stall_timeout"]
+
+
+def part_attempts(proxy: FaultProxy, number: int) -> int:
+    return sum(r.query["partNumber"] == [str(number)] for r in proxy.matching("PUT", "partNumber"))
+
+
+RECOVERED: dict[str, Fault] = {
+    "503 SlowDown": Respond(503, "SlowDown", "Reduce your request rate."),
+    "500 InternalError": Respond(500, "InternalError", "Try again."),
+    "reset mid-part": Reset(after=MiB),
+    "stalled mid-part": Stall(after=MiB),
+}
+
+
+@pytest.mark.parametrize("fault", RECOVERED.values(), ids=RECOVERED.keys())
+async def test_a_part_that_fails_once_is_sent_again(
+    behind_proxy: Callable[..., GatewayThread],
+    proxy: FaultProxy,
+    new_bucket: str,
+    s3: S3Reader,
+    fault: Fault,
+) -> None:
+    gateway = behind_proxy(write_part_size=PART, write_parts_in_flight=2)
+    data = os.urandom(PART * 3)
+    proxy.add(fault, times=1)
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        responses = await write_object(stub, write_spec(new_bucket, "retried.bin"), data)
+    waited = time.monotonic() - started
+    assert responses[-1].object.parts == 3
+    assert s3.read(new_bucket, "retried.bin") == data
+    assert sum(part_attempts(proxy, n) for n in (1, 2, 3)) == 4  # one part twice
+    assert s3.uploads(new_bucket) == []
+    assert waited < STALL * 3  # a stalled part is given up within the stall timeout
+
+
+async def test_a_part_that_keeps_failing_aborts_the_upload(
+    behind_proxy: Callable[..., GatewayThread],
+    proxy: FaultProxy,
+    new_bucket: str,
+    s3: S3Reader,
+) -> None:
+    gateway = behind_proxy(write_part_size=PART, write_parts_in_flight=2)
+    proxy.add(Respond(500, "InternalError", "Try again."), times=None)
+    messages = write_stream(write_spec(new_bucket, "failed.bin"), os.urandom(PART * 3), None)
+    error = await write_refused(gateway.address, messages)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(error)
+    assert info.reason == "INTERNAL_ERROR"
+    assert info.metadata["operation"] == "UploadPart"
+    assert part_attempts(proxy, 1) == PART_ATTEMPTS
+    await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
+    assert proxy.matching("DELETE", "uploadId")  # aborted through the same S3 client
+    assert s3.client.list_objects_v2(Bucket=new_bucket).get("KeyCount") == 0
