@@ -115,6 +115,7 @@ METRICS = frozenset(
         "s3gateway_s3_errors_total",
         "s3gateway_checksum_mismatches_total",
         "s3gateway_inflight_streams",
+        "s3gateway_write_parts_in_flight",
         "s3gateway_auth_failures_total",
         "s3gateway_policy_denials_total",
         "s3gateway_admission_rejections_total",
