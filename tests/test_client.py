@@ -118,7 +118,9 @@ async def test_upload_file_in_5_mib_parts_reads_back_identical(
     path = tmp_path / "object.bin"
     path.write_bytes(data)
     progress = Recorder()
-    options = UploadOptions(part_size=5 * MiB, concurrency=3, content_type="application/x-test")
+    options = UploadOptions(
+        client_parts=True, part_size=5 * MiB, concurrency=3, content_type="application/x-test"
+    )
 
     result = await client.upload_file(path, new_bucket, "file.bin", options, progress)
 
@@ -143,7 +145,7 @@ async def test_upload_stream_of_unknown_length(
             yield data[start : start + 300_000]
 
     progress = Recorder()
-    options = UploadOptions(part_size=5 * MiB, concurrency=2)
+    options = UploadOptions(client_parts=True, part_size=5 * MiB, concurrency=2)
     result = await client.upload_stream(
         produce(), new_bucket, "stream.bin", None, options, progress
     )
@@ -164,7 +166,7 @@ async def test_upload_stream_of_a_file_object_with_known_size(
     )
     writer.start()
     with os.fdopen(read_end, "rb") as pipe:
-        options = UploadOptions(part_size=5 * MiB)
+        options = UploadOptions(client_parts=True, part_size=5 * MiB)
         result = await client.upload_stream(pipe, new_bucket, "pipe.bin", len(data), options)
     writer.join()
     assert s3.read(new_bucket, "pipe.bin") == data
@@ -177,9 +179,13 @@ async def test_an_empty_file_is_uploaded_as_one_empty_part(
     path = tmp_path / "empty"
     path.write_bytes(b"")
     progress = Recorder()
-    result = await client.upload_file(path, new_bucket, "empty", progress=progress)
+    options = UploadOptions(client_parts=True)
+    result = await client.upload_file(path, new_bucket, "empty", options, progress=progress)
     assert s3.read(new_bucket, "empty") == b""
     assert (result.size, result.parts) == (0, 1)
+    written = await client.upload_file(path, new_bucket, "written", progress=progress)
+    assert s3.read(new_bucket, "written") == b""
+    assert (written.size, written.parts) == (0, 0)  # one PutObject
 
 
 class FlakyClient(GatewayClient):
@@ -207,7 +213,7 @@ async def test_a_part_is_retried_after_a_retryable_failure(
     path.write_bytes(data)
     progress = Recorder()
     async with FlakyClient(grpc.aio.insecure_channel(gateway.address)) as client:
-        options = UploadOptions(part_size=5 * MiB, concurrency=2)
+        options = UploadOptions(client_parts=True, part_size=5 * MiB, concurrency=2)
         result = await client.upload_file(path, new_bucket, "retried.bin", options, progress)
     assert sorted(client.attempts) == [1, 2, 2, 3]
     assert s3.read(new_bucket, "retried.bin") == data
@@ -234,7 +240,7 @@ async def test_a_fatal_error_aborts_the_upload(
 ) -> None:
     path = tmp_path / "object.bin"
     path.write_bytes(os.urandom(12 * MiB))
-    options = UploadOptions(part_size=5 * MiB, concurrency=1)
+    options = UploadOptions(client_parts=True, part_size=5 * MiB, concurrency=1)
     async with WrongKeyMd5Client(grpc.aio.insecure_channel(gateway.address)) as client:
         with pytest.raises(GatewayCallError) as raised:
             await client.upload_file(path, new_bucket, "aborted.bin", options)
@@ -260,7 +266,10 @@ async def test_an_unknown_length_stream_beyond_10000_parts_is_refused_and_aborte
     monkeypatch.setattr("gateway.client._sources.MAX_PARTS", 3)
     with pytest.raises(ValueError, match="longer than 3 parts"):
         await client.upload_stream(
-            endless(), new_bucket, "endless", options=UploadOptions(part_size=5 * MiB)
+            endless(),
+            new_bucket,
+            "endless",
+            options=UploadOptions(client_parts=True, part_size=5 * MiB),
         )
     assert s3.uploads(new_bucket) == []
 
@@ -272,8 +281,9 @@ async def test_a_stream_shorter_than_announced_is_refused(
     async def short() -> AsyncIterator[bytes]:
         yield b"abc"
 
+    options = UploadOptions(client_parts=True)
     with pytest.raises(ValueError, match="carried 3 bytes, not the 10"):
-        await client.upload_stream(short(), new_bucket, "short", size=10)
+        await client.upload_stream(short(), new_bucket, "short", size=10, options=options)
     assert s3.uploads(new_bucket) == []
 
 
@@ -282,7 +292,7 @@ async def test_the_object_checksum_is_reported(
     client: GatewayClient, new_bucket: str, s3: S3Reader, algorithm: str
 ) -> None:
     data = os.urandom(6 * MiB)
-    options = UploadOptions(part_size=5 * MiB, checksum_algorithm=algorithm)
+    options = UploadOptions(client_parts=True, part_size=5 * MiB, checksum_algorithm=algorithm)
     result = await client.upload_stream(_once(data), new_bucket, "sum", len(data), options)
     assert s3.read(new_bucket, "sum") == data
     assert result.checksum_algorithm == algorithm
@@ -294,7 +304,10 @@ async def test_full_object_crc_checksum_is_the_crc_of_the_object(
 ) -> None:
     data = os.urandom(6 * MiB)
     options = UploadOptions(
-        part_size=5 * MiB, checksum_algorithm="CRC32C", checksum_type="FULL_OBJECT"
+        client_parts=True,
+        part_size=5 * MiB,
+        checksum_algorithm="CRC32C",
+        checksum_type="FULL_OBJECT",
     )
     result = await client.upload_stream(_once(data), new_bucket, "full", len(data), options)
     assert result.checksum_type == "FULL_OBJECT"

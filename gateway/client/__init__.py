@@ -75,7 +75,7 @@ unknown upload id) then surfaces as that INTERNAL after the last attempt.
 """
 
 from gateway.bearer import metadata as bearer_metadata
-from gateway.client._calls import GatewayClient
+from gateway.client._calls import GatewayClient, write_object_sync
 from gateway.client._channel import MAX_SEND_MESSAGE_SIZE, channel_credentials, open_channel
 from gateway.client._errors import RETRYABLE_CODES, GatewayCallError, error_info, status_details
 from gateway.client._sources import (
@@ -121,4 +121,5 @@ __all__ = [
     "open_channel",
     "part_count",
     "status_details",
+    "write_object_sync",
 ]

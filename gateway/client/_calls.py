@@ -11,6 +11,7 @@ import grpc
 
 from gateway import bearer, checksums
 from gateway.client import _upload
+from gateway.client import _write as _writing
 from gateway.client._channel import check_arguments, open_channel, with_metadata
 from gateway.client._errors import GatewayCallError, rpc
 from gateway.client._sources import as_chunks
@@ -174,7 +175,88 @@ class GatewayClient:
     ) -> pb.ListMultipartUploadsResponse:
         return await rpc(self._stub.ListMultipartUploads(request, timeout=self.timeout))
 
+    async def write(
+        self,
+        spec: pb.WriteObjectSpec,
+        body: bytes | AsyncIterable[bytes],
+        *,
+        on_sent: Callable[[int], None] | None = None,
+        on_persisted: Callable[[int], None] | None = None,
+    ) -> pb.WrittenObject:
+        """One WriteObject stream: the spec, the body in ``data`` messages (each with its
+        CRC32C), and the finish with the object's checksum, computed while sending, of the
+        algorithm ``spec.object.checksum_algorithm`` names (which it must name).
+
+        ``on_sent`` gets each chunk's size once written; ``on_persisted`` the bytes S3 has
+        committed so far, as the gateway reports them. The call has no deadline unless the
+        client has a ``timeout``: an object takes as long as its bytes."""
+        if spec.object.checksum_algorithm not in checksums.BY_PROTO:
+            raise ValueError("spec.object.checksum_algorithm must name the object's algorithm")
+        call = self._stub.WriteObject(None, timeout=self.timeout)
+        written: list[pb.WrittenObject] = []
+
+        async def read() -> None:
+            async for response in call:
+                if response.HasField("progress") and on_persisted is not None:
+                    on_persisted(response.progress.persisted_size)
+                if response.HasField("object"):
+                    written.append(response.object)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            await _writing.send_object(call, spec, as_chunks(body), on_sent)
+            await reader
+        except grpc.aio.AioRpcError as error:
+            failure = GatewayCallError.from_rpc_error(error)
+            raise await self._explain_write(failure, spec) from None
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            reader.cancel()
+        if not written:
+            raise GatewayCallError(grpc.StatusCode.INTERNAL, "WriteObject ended without the object")
+        return written[-1]
+
+    async def _explain_write(self, error: GatewayCallError, spec: pb.WriteObjectSpec) -> Exception:
+        """:meth:`_explain` for WriteObject: the gateway's answer to the spec alone (a stream
+        that ends without ``finish`` commits nothing), if the spec is what it refused."""
+        if not error.is_core_internal:
+            return error
+        probe = self._stub.WriteObject(None, timeout=self.timeout)
+        try:
+            if await _writing.send_spec(probe, spec):
+                await probe.done_writing()
+            async for _ in probe:
+                pass
+        except grpc.aio.AioRpcError as probe_error:
+            real = GatewayCallError.from_rpc_error(probe_error)
+            info = real.error_info
+            # "finish: ..." (INVALID_ARGUMENT, the missing finish) answers a spec it took.
+            if info is not None and not real.message.startswith("finish:"):
+                return real
+        return await self._refused_credentials() or error
+
     # --- whole uploads ---
+
+    async def write_object(
+        self,
+        bucket: str,
+        key: str,
+        source: _writing.Source,
+        *,
+        size: int | None = None,
+        options: UploadOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Write one object in one WriteObject stream: the gateway cuts the parts, uploads
+        them in parallel, checks the whole object's checksum (computed here while sending) and
+        completes it; nothing is committed if anything fails.
+
+        ``source`` is a path, bytes, a binary file object or an async iterable of byte chunks;
+        ``size``, when known (a path's and bytes' is), lets the gateway size the parts of a large
+        object and is checked. A path or bytes is written again on a retryable failure."""
+        return await _writing.write_object(self, bucket, key, source, size, options, progress)
 
     async def upload_file(
         self,
@@ -184,8 +266,11 @@ class GatewayClient:
         options: UploadOptions | None = None,
         progress: ProgressCallback | None = None,
     ) -> UploadResult:
-        """Upload a file as a multipart upload; parts are read from disk when sent."""
-        return await _upload.upload_file(self, path, bucket, key, options, progress)
+        """Upload a file: one WriteObject stream (:meth:`write_object`), or with
+        ``options.client_parts`` a multipart upload whose parts are read from disk when sent."""
+        if options is not None and options.client_parts:
+            return await _upload.upload_file(self, path, bucket, key, options, progress)
+        return await self.write_object(bucket, key, path, options=options, progress=progress)
 
     async def upload_stream(
         self,
@@ -196,10 +281,15 @@ class GatewayClient:
         options: UploadOptions | None = None,
         progress: ProgressCallback | None = None,
     ) -> UploadResult:
-        """Upload an async iterable of byte chunks or a binary file object, read sequentially.
-        ``size``, when known, sizes the parts and is checked; without it the parts are
-        ``options.part_size`` and the stream may not exceed 10,000 of them."""
-        return await _upload.upload_stream(self, stream, bucket, key, size, options, progress)
+        """Upload an async iterable of byte chunks or a binary file object, read sequentially:
+        one WriteObject stream (:meth:`write_object`), or with ``options.client_parts`` a
+        multipart upload. ``size``, when known, sizes the parts and is checked; without it the
+        parts are of their default size and the stream may not exceed 10,000 of them."""
+        if options is not None and options.client_parts:
+            return await _upload.upload_stream(self, stream, bucket, key, size, options, progress)
+        return await self.write_object(
+            bucket, key, stream, size=size, options=options, progress=progress
+        )
 
 
 async def _send_part(
@@ -248,3 +338,37 @@ async def _write(
     except asyncio.InvalidStateError:  # finished between the check and the write
         return False
     return True
+
+
+def write_object_sync(
+    target: str,
+    bucket: str,
+    key: str,
+    source: str | os.PathLike[str] | bytes | IO[bytes],
+    *,
+    size: int | None = None,
+    options: UploadOptions | None = None,
+    progress: ProgressCallback | None = None,
+    tls: bool = False,
+    ca_bundle: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+) -> UploadResult:
+    """:meth:`GatewayClient.write_object` for a script without an event loop: connect to
+    ``target`` (as :meth:`GatewayClient.connect`), write the object, close."""
+
+    async def run() -> UploadResult:
+        async with GatewayClient.connect(
+            target,
+            tls=tls,
+            ca_bundle=ca_bundle,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
+        ) as client:
+            return await client.write_object(
+                bucket, key, source, size=size, options=options, progress=progress
+            )
+
+    return asyncio.run(run())

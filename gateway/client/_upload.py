@@ -57,33 +57,65 @@ class CustomerKey:
 
 @dataclass(frozen=True)
 class UploadOptions:
-    """How a high-level upload runs and what the object gets."""
+    """How a high-level upload runs and what the object gets.
 
+    By default an upload is one WriteObject stream: the gateway cuts the parts (of its own
+    size, ``GATEWAY_WRITE_PART_SIZE``), uploads them in parallel and completes the object.
+    ``client_parts`` makes the client do it instead, with CreateMultipartUpload, ``concurrency``
+    UploadPart streams of ``part_size`` bytes, and CompleteMultipartUpload."""
+
+    #: The client cuts and uploads the parts itself (``part_size``, ``concurrency``).
+    client_parts: bool = False
     part_size: int = DEFAULT_PART_SIZE
     concurrency: int = DEFAULT_CONCURRENCY
-    #: An S3 checksum algorithm name (``CRC32C``, ``SHA256``…); empty for none.
-    checksum_algorithm: str = "CRC32C"
+    #: An S3 checksum algorithm name (``CRC32C``, ``SHA256``…); empty for the default
+    #: (CRC64NVME, or CRC32C in a directory bucket; CRC32C with ``client_parts``); ``NONE``
+    #: for none (``client_parts`` only: a WriteObject always has a checksum).
+    checksum_algorithm: str = ""
     #: ``COMPOSITE``, ``FULL_OBJECT`` or empty (S3's default for the algorithm).
     checksum_type: str = ""
     content_type: str = ""
+    content_encoding: str = ""
+    content_disposition: str = ""
+    content_language: str = ""
+    cache_control: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: URL-encoded tags (``k1=v1&k2=v2``).
+    tagging: str = ""
+    #: ``STANDARD``, ``STANDARD_IA``, ``GLACIER_IR``…; empty for the bucket's default.
+    storage_class: str = ""
+    #: A canned ACL (``private``, ``bucket-owner-full-control``…); empty for none.
+    acl: str = ""
     #: ``AES256``, ``aws:kms``…; empty for the bucket's default.
     server_side_encryption: str = ""
     ssekms_key_id: str = ""
     customer_key: CustomerKey | None = None
-    #: Attempts per part (and for Complete) on retryable errors.
+    #: Write only if the key holds no object (``If-None-Match: *``): a retry after a lost answer
+    #: cannot overwrite the object a first attempt wrote.
+    if_none_match: bool = False
+    #: Attempts per part (and for Complete) on retryable errors; with WriteObject, attempts at
+    #: the whole stream when the source can be read again (a file, bytes).
     max_attempts: int = 5
     initial_backoff: float = 0.2
     max_backoff: float = 10.0
 
     @property
     def algorithm(self) -> checksums.Algorithm | None:
-        if not self.checksum_algorithm:
+        """The algorithm named, None for the default (and for ``NONE``)."""
+        name = self.checksum_algorithm.upper()
+        if name in ("", "NONE"):
             return None
         try:
-            return checksums.BY_NAME[self.checksum_algorithm.upper()]
+            return checksums.BY_NAME[name]
         except KeyError:
             raise ValueError(f"unknown checksum algorithm {self.checksum_algorithm!r}") from None
+
+    @property
+    def part_algorithm(self) -> checksums.Algorithm | None:
+        """With ``client_parts``: the parts' checksum (CRC32C by default), None for ``NONE``."""
+        if self.checksum_algorithm.upper() == "NONE":
+            return None
+        return self.algorithm or checksums.CRC32C
 
     def backoff(self, attempt: int, error: GatewayCallError) -> float:
         """Seconds to wait before attempt ``attempt + 1``: RetryInfo's delay, else exponential
@@ -115,19 +147,24 @@ class UploadResult:
 
     bucket: str
     key: str
+    #: The client's multipart upload (``client_parts``); empty for a WriteObject.
     upload_id: str
     etag: str
     size: int
+    #: 0 for an object a WriteObject sent as one PutObject.
     parts: int
     #: The object's checksum (``value-N`` for COMPOSITE), empty without an algorithm: S3's answer,
     #: else derived from the part checksums the gateway verified (:func:`object_checksum`; S3
-    #: does not report checksums it received only as a trailer over plain http).
+    #: does not report checksums it received only as a trailer over plain http); for a
+    #: WriteObject without S3's answer, the checksum the gateway computed over the bytes (type
+    #: FULL_OBJECT).
     checksum: str
     #: Whether ``checksum`` is S3's answer rather than derived by the client.
     checksum_from_s3: bool
     checksum_algorithm: str
     checksum_type: str
-    response: pb.CompleteMultipartUploadResponse
+    #: S3's answer: the WriteObject's object, or CompleteMultipartUpload's (``client_parts``).
+    response: pb.WrittenObject | pb.CompleteMultipartUploadResponse
 
 
 async def upload_file(
@@ -170,7 +207,7 @@ async def _run(
     options: UploadOptions,
     progress: ProgressCallback | None,
 ) -> UploadResult:
-    algorithm = options.algorithm  # validates the name before anything is sent
+    algorithm = options.part_algorithm  # validates the name before anything is sent
     if options.concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     created = await client.create_multipart_upload(_create_request(bucket, key, options))
@@ -214,22 +251,38 @@ def _check_size(source: PartSource, uploaded: int) -> None:
         raise ValueError(f"the stream carried {uploaded} bytes, not the {source.total} announced")
 
 
-def _create_request(
+def object_request(
     bucket: str, key: str, options: UploadOptions
 ) -> pb.CreateMultipartUploadRequest:
+    """The object's attributes from ``options`` (without its checksum algorithm)."""
     request = pb.CreateMultipartUploadRequest(
         bucket=bucket,
         key=key,
         content_type=options.content_type,
+        content_encoding=options.content_encoding,
+        content_disposition=options.content_disposition,
+        content_language=options.content_language,
+        cache_control=options.cache_control,
         metadata=dict(options.metadata),
+        tagging=options.tagging,
+        storage_class=options.storage_class,
+        acl=options.acl,
         server_side_encryption=options.server_side_encryption,
         ssekms_key_id=options.ssekms_key_id,
     )
-    if options.algorithm is not None:
-        request.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(options.algorithm.proto_value)
     if options.checksum_type:
         request.checksum_type = _checksum_type(options.checksum_type)
     _set_customer_key(request, options.customer_key)
+    return request
+
+
+def _create_request(
+    bucket: str, key: str, options: UploadOptions
+) -> pb.CreateMultipartUploadRequest:
+    request = object_request(bucket, key, options)
+    if options.part_algorithm is not None:
+        algorithm = options.part_algorithm
+        request.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(algorithm.proto_value)
     return request
 
 
