@@ -1,8 +1,11 @@
 """``s3-upload-gateway upload`` and ``s3-upload-gateway demo``: whole uploads with the client.
 
 ``upload FILE s3://bucket/key`` uploads a file (``-`` for stdin) through a running gateway with
-:class:`gateway.client.GatewayClient`: parts in parallel, checksummed, retried; a progress bar on
-stderr when it is a terminal; the ETag and checksum as JSON on stdout.
+:class:`gateway.client.GatewayClient`: one WriteObject stream (the gateway cuts and uploads the
+parts; a file is written again on a retryable failure), or with ``--client-parts`` a multipart
+upload whose parts this process cuts and sends in parallel; a progress bar on stderr when it is a
+terminal; what S3 answered (ETag, checksum, size) as JSON on stdout. The object options are
+``aws s3 cp``'s, its Content-Type guess from the file name included.
 
 A gateway that authenticates its callers gets the token of ``--token-file`` or
 ``$GATEWAY_TOKEN`` and, for https://, the client certificate of ``--client-cert`` and
@@ -15,8 +18,10 @@ prints a summary.
 Exit codes follow the other commands (:mod:`gateway.exits`): 0 success, 252 a bad command line
 (an input file that cannot be read included), 253 a token, certificate or CA file that cannot be
 used, 254 the gateway refused the upload, 255 the gateway could not be reached or the upload failed
-on the way, 130 interrupted. Ctrl-C (SIGINT) stops sending, aborts the multipart upload the command
-started and says which; a second Ctrl-C stops waiting for that abort. Input that is not a regular
+on the way, 130 interrupted. Ctrl-C (SIGINT) stops sending: a WriteObject stream ends without its
+finish, so nothing is written (the gateway aborts the parts it uploaded); with ``--client-parts``
+the command aborts the multipart upload it started and says which, and a second Ctrl-C stops
+waiting for that abort. Input that is not a regular
 file (stdin, a pipe, a FIFO, a device) is read by a daemon thread of its own, so that an interrupt
 never waits for a producer that is still writing.
 """
@@ -30,6 +35,7 @@ import errno
 import hashlib
 import json
 import logging
+import mimetypes
 import os
 import queue
 import signal
@@ -38,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -138,27 +144,35 @@ def _clock(seconds: float) -> str:
 # --- options -------------------------------------------------------------------------------------
 
 
-def _add_upload_options(parser: argparse.ArgumentParser) -> None:
+def _add_upload_options(parser: argparse.ArgumentParser, *, gateway: str) -> None:
+    """How the bytes travel; ``gateway`` says who sizes WriteObject's parts."""
+    parser.add_argument(
+        "--client-parts",
+        action="store_true",
+        help="cut the parts here and upload them with CreateMultipartUpload, UploadPart and "
+        "CompleteMultipartUpload, instead of one WriteObject stream whose parts the gateway cuts",
+    )
     parser.add_argument(
         "--part-size",
         type=size_argument,
-        default=DEFAULT_PART_SIZE,
         metavar="SIZE",
-        help="part size, 5MiB to 5GiB (raised as needed to fit 10,000 parts); default 8MiB",
+        help="part size, 5MiB to 5GiB (raised as needed to fit 10,000 parts); default 8MiB; "
+        f"{gateway}",
     )
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"parts uploaded at once; default {DEFAULT_CONCURRENCY}",
+        help=f"parts uploaded at once; default {DEFAULT_CONCURRENCY}; {gateway}",
     )
     parser.add_argument(
         "--checksum-algorithm",
-        default="CRC32C",
+        default="",
         type=str.upper,
         choices=[*checksums.BY_NAME, "NONE"],
-        help="checksum of every part, computed while sending; default CRC32C",
+        help="the object's checksum, computed while sending; default CRC64NVME (FULL_OBJECT), "
+        "CRC32C in a directory bucket; with --client-parts every part's, default CRC32C, "
+        "NONE for none",
     )
     parser.add_argument(
         "--checksum-type",
@@ -169,13 +183,40 @@ def _add_upload_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_object_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--content-type", default="", help="the object's Content-Type")
+    parser.add_argument(
+        "--content-type",
+        help="the object's Content-Type; default: guessed from FILE's name, as aws s3 cp does",
+    )
+    parser.add_argument(
+        "--no-guess-mime-type",
+        action="store_true",
+        help="do not guess the Content-Type from FILE's name",
+    )
+    for option, what in (
+        ("--content-encoding", "Content-Encoding"),
+        ("--content-disposition", "Content-Disposition"),
+        ("--content-language", "Content-Language"),
+        ("--cache-control", "Cache-Control"),
+    ):
+        parser.add_argument(option, default="", help=f"the object's {what}")
     parser.add_argument(
         "--metadata",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="user metadata (x-amz-meta-*); repeatable",
+    )
+    parser.add_argument(
+        "--tagging", default="", metavar="TAGS", help="the object's tags, URL-encoded: k1=v1&k2=v2"
+    )
+    parser.add_argument(
+        "--storage-class",
+        default="",
+        type=str.upper,
+        help="STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, EXPRESS_ONEZONE…",
+    )
+    parser.add_argument(
+        "--acl", default="", help="a canned ACL: private, bucket-owner-full-control…"
     )
     parser.add_argument(
         "--sse",
@@ -200,24 +241,68 @@ def _add_object_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="the 32-byte SSE-C key, verbatim or fileb://PATH",
     )
+    parser.add_argument(
+        "--if-none-match",
+        action="store_true",
+        help="write only if the key holds no object (If-None-Match: *); "
+        "else PRECONDITION_FAILED and nothing is written",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors: no progress, no JSON"
+    )
 
 
-def options_from(args: argparse.Namespace) -> UploadOptions:
-    """The UploadOptions the command line asks for (``demo`` has no object options)."""
-    algorithm = "" if args.checksum_algorithm == "NONE" else args.checksum_algorithm
-    if args.concurrency < 1:
+def options_from(args: argparse.Namespace, *, sized_here: bool) -> UploadOptions:
+    """The UploadOptions the command line asks for (``demo`` has no object options).
+    ``sized_here``: --part-size and --concurrency are the client's (else the gateway's)."""
+    if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if not args.client_parts and args.checksum_algorithm == "NONE":
+        raise UsageError(
+            "--checksum-algorithm NONE needs --client-parts: a WriteObject always has a checksum"
+        )
+    if not sized_here and not args.client_parts:
+        given = [name for name in ("part_size", "concurrency") if getattr(args, name) is not None]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise UsageError(
+                f"{option} goes with --client-parts: the gateway sizes WriteObject's parts "
+                "(GATEWAY_WRITE_PART_SIZE, GATEWAY_WRITE_PARTS_IN_FLIGHT)"
+            )
     return UploadOptions(
-        part_size=args.part_size,
-        concurrency=args.concurrency,
-        checksum_algorithm=algorithm,
+        client_parts=args.client_parts,
+        part_size=args.part_size or DEFAULT_PART_SIZE,
+        concurrency=args.concurrency or DEFAULT_CONCURRENCY,
+        checksum_algorithm=args.checksum_algorithm,
         checksum_type=args.checksum_type or "",
-        content_type=getattr(args, "content_type", ""),
+        content_type=_content_type(args),
+        content_encoding=getattr(args, "content_encoding", ""),
+        content_disposition=getattr(args, "content_disposition", ""),
+        content_language=getattr(args, "content_language", ""),
+        cache_control=getattr(args, "cache_control", ""),
         metadata=_metadata(getattr(args, "metadata", [])),
+        tagging=getattr(args, "tagging", ""),
+        storage_class=getattr(args, "storage_class", ""),
+        acl=getattr(args, "acl", ""),
         server_side_encryption=getattr(args, "sse", ""),
         ssekms_key_id=getattr(args, "sse_kms_key_id", ""),
         customer_key=_customer_key(getattr(args, "sse_c", ""), getattr(args, "sse_c_key", "")),
+        if_none_match=getattr(args, "if_none_match", False),
     )
+
+
+def _content_type(args: argparse.Namespace) -> str:
+    """--content-type, else the type of FILE's name (none for stdin)."""
+    given: str | None = getattr(args, "content_type", None)
+    if given is not None:
+        return given
+    file: str = getattr(args, "file", "-")
+    if file == "-" or getattr(args, "no_guess_mime_type", True):
+        return ""
+    return mimetypes.guess_type(file)[0] or ""
 
 
 def _metadata(pairs: list[str]) -> dict[str, str]:
@@ -253,15 +338,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upload = add_caller_parser(
         subparsers,
         "upload",
-        help="upload a file through the gateway (multipart, parallel, checksummed)",
-        description="Upload FILE (- for stdin) to s3://BUCKET/KEY through a running gateway. "
-        "Prints the ETag and checksum as JSON. A gateway that authenticates its callers takes "
+        help="upload a file through the gateway (one WriteObject stream, checksummed)",
+        description="Upload FILE (- for stdin) to s3://BUCKET/KEY through a running gateway, "
+        "in one WriteObject stream: the gateway cuts the parts, uploads them in parallel, checks "
+        "the object's checksum and completes it, or commits nothing. Prints what S3 answered "
+        "(ETag, checksum, size) as JSON. A gateway that authenticates its callers takes "
         f"a bearer token (--token-file, else ${TOKEN_ENV}) and/or, over https://, a "
         "client certificate (--client-cert and --client-key).",
     )
     upload.add_argument("file", metavar="FILE", help="the file to upload, - for stdin")
     upload.add_argument("destination", metavar="s3://BUCKET/KEY")
-    _add_upload_options(upload)
+    _add_upload_options(upload, gateway="with --client-parts only (WriteObject: the gateway's)")
     _add_object_options(upload)
     add_connection_options(upload)
     upload.set_defaults(func=run_upload)
@@ -276,13 +363,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument(
         "--size", type=size_argument, default=64 * MiB, metavar="SIZE", help="default 64MiB"
     )
-    _add_upload_options(demo)
+    _add_upload_options(demo, gateway="WriteObject: the in-process gateway's")
     demo.set_defaults(func=run_demo)
 
 
 def run_upload(args: argparse.Namespace) -> int:
     try:
-        options = options_from(args)
+        options = options_from(args, sized_here=False)
         bucket, key = parse_destination(args.destination)
         check_input(args.file)
         target = connection(args, None)
@@ -290,7 +377,7 @@ def run_upload(args: argparse.Namespace) -> int:
         return _fail("upload", exc, exc.code)
     except OSError as exc:  # the file of --sse-c-key
         return _fail("upload", exc, ExitCode.USAGE)
-    progress = ProgressBar(sys.stderr)
+    progress = ProgressBar(sys.stderr, enabled=False if args.quiet or args.no_progress else None)
     try:
         result = asyncio.run(_upload(target, args.file, bucket, key, options, progress))
     except Interrupted as exc:
@@ -308,7 +395,8 @@ def run_upload(args: argparse.Namespace) -> int:
         progress.finish()
         return _fail("upload", exc, ExitCode.CONNECTION)
     progress.finish()
-    print(json.dumps(result_json(result), indent=4))
+    if not args.quiet:
+        print(json.dumps(result_json(result), indent=4))
     return ExitCode.OK
 
 
@@ -398,6 +486,19 @@ class _TrackedClient(GatewayClient):
         #: True once aborted; the error of the last attempt, if it failed.
         self.aborted = False
         self.abort_error: GatewayCallError | None = None
+        #: The object a WriteObject stream was opened for.
+        self.writing = ""
+
+    async def write(
+        self,
+        spec: pb.WriteObjectSpec,
+        body: bytes | AsyncIterable[bytes],
+        *,
+        on_sent: Callable[[int], None] | None = None,
+        on_persisted: Callable[[int], None] | None = None,
+    ) -> pb.WrittenObject:
+        self.writing = f"s3://{spec.object.bucket}/{spec.object.key}"
+        return await super().write(spec, body, on_sent=on_sent, on_persisted=on_persisted)
 
     async def create_multipart_upload(
         self, request: pb.CreateMultipartUploadRequest
@@ -438,6 +539,9 @@ class _TrackedClient(GatewayClient):
         if finishing.done() and not finishing.cancelled():
             failure = finishing.exception()  # not a GatewayCallError: those are suppressed
         request, creating = self.request, self._creating
+        if (request is None or creating is None) and self.writing:
+            # The stream ended without its finish: the gateway aborts what it uploaded.
+            return f"nothing was written to {self.writing}"
         if request is None or creating is None:
             return "nothing was uploaded"
         where = f"s3://{request.bucket}/{request.key}"
@@ -548,12 +652,27 @@ def _resolve(
 
 
 def result_json(result: UploadResult) -> dict[str, Any]:
-    """The JSON ``upload`` prints, with S3's member names."""
+    """The JSON ``upload`` prints, with S3's member names. ``ChecksumComputedBy``: ``S3`` when
+    S3 reported the checksum, else ``gateway`` (WriteObject: computed over the bytes and matched
+    to the client's) or ``client`` (derived from the part checksums)."""
     output: dict[str, Any] = {"Bucket": result.bucket, "Key": result.key, "ETag": result.etag}
+    response = result.response
+    if isinstance(response, pb.WrittenObject) and response.version_id:
+        output["VersionId"] = response.version_id
     if result.checksum:
         output[f"Checksum{result.checksum_algorithm}"] = result.checksum
         output["ChecksumType"] = result.checksum_type
-        output["ChecksumComputedBy"] = "S3" if result.checksum_from_s3 else "client"
+        written = isinstance(response, pb.WrittenObject)
+        by = "S3" if result.checksum_from_s3 else "gateway" if written else "client"
+        output["ChecksumComputedBy"] = by
+    for field, member in (
+        ("server_side_encryption", "ServerSideEncryption"),
+        ("ssekms_key_id", "SSEKMSKeyId"),
+        ("sse_customer_algorithm", "SSECustomerAlgorithm"),
+        ("sse_customer_key_md5", "SSECustomerKeyMD5"),
+    ):
+        if value := getattr(response, field, ""):
+            output[member] = value
     output["Size"] = result.size
     output["Parts"] = result.parts
     return output
@@ -607,7 +726,7 @@ class DemoSummary:
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        options = options_from(args)
+        options = options_from(args, sized_here=True)
     except CommandError as exc:
         return _fail("demo", exc, exc.code)
     progress = ProgressBar(sys.stderr)
@@ -631,7 +750,12 @@ async def _demo(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     with embedded_s3(DEMO_BUCKET) as s3_url, _random_file(size) as (path, digest):
         settings = Settings(
-            listen_address="127.0.0.1:0", metrics_address="", drain_delay=0, s3_endpoint_url=s3_url
+            listen_address="127.0.0.1:0",
+            metrics_address="",
+            drain_delay=0,
+            s3_endpoint_url=s3_url,
+            write_part_size=options.part_size,
+            write_parts_in_flight=options.concurrency,
         )
         gateway = Gateway(settings, EMBEDDED_CREDENTIALS)
         await gateway.start()

@@ -389,6 +389,8 @@ class _Upload:
         )
         if self.options.checksum_type:
             request.checksum_type = _checksum_type(self.options.checksum_type)
+        if self.options.if_none_match:
+            request.if_none_match = "*"
         _set_customer_key(request, self.options.customer_key)
         for attempt in range(1, self.options.max_attempts + 1):
             try:
