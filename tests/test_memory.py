@@ -6,12 +6,14 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from bench.sink import ETAG as SINK_ETAG
 from bench.sink import sink_process
+from gateway import checksums
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.gateway_process import gateway_process
@@ -121,3 +123,112 @@ async def test_32_concurrent_64_mib_streams_keep_peak_rss_bounded() -> None:
     )
     assert etags == [SINK_ETAG] * CONCURRENT_STREAMS
     assert growth < CONCURRENT_RSS_GROWTH_LIMIT, f"peak RSS grew by {growth / MiB:.1f} MiB"
+
+
+WRITE_STREAMS = 8
+WRITE_PART = 8 * MiB
+WRITE_IN_FLIGHT = 4
+#: What one WriteObject stream may hold: the part being filled and the parts in flight, and
+#: what any stream holds (its gRPC window and one message), as the buffer budget counts them.
+#: Measured on the 2-core machine with every part piling up (the stand-in capped at 16 MiB/s per
+#: connection): growth of 347 to 390 MiB for 8 streams (bound 360 + slack).
+WRITE_STREAM_BOUND = WRITE_PART * (WRITE_IN_FLIGHT + 1) + MiB + 4 * MiB + 64 * 1024
+#: The interpreter's allocator, gRPC's connection buffers, the S3 connections, for all streams.
+WRITE_SLACK = 64 * MiB
+#: The stand-in's bandwidth per connection: slow enough that every stream keeps all its parts in
+#: flight (the worst case for memory).
+WRITE_CAP_MIB_S = 16
+
+
+async def _write_objects(address: str, count: int, size: int) -> list[pb.WrittenObject]:
+    """``count`` concurrent WriteObject streams of ``size`` bytes each to the sink, 1 MiB
+    messages, the finish carrying the object's CRC64NVME."""
+    block = os.urandom(MiB)
+    whole = checksums.CRC64NVME.new()
+    for _ in range(size // MiB):
+        whole.update(block)
+    finish = pb.FinishWrite(checksum_crc64nvme=checksums.encode(whole.digest()))
+    data = pb.WriteObjectRequest(data=pb.ChecksummedData(content=block))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+
+        async def write(index: int) -> pb.WrittenObject:
+            spec = pb.WriteObjectSpec(
+                object=pb.CreateMultipartUploadRequest(bucket="sink", key=f"object-{index}"),
+                object_size=size,
+            )
+
+            async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+                yield pb.WriteObjectRequest(spec=spec)
+                for _ in range(size // MiB):
+                    yield data
+                yield pb.WriteObjectRequest(finish=finish)
+
+            written = [r.object async for r in stub.WriteObject(messages()) if r.HasField("object")]
+            return written[-1]
+
+        return list(await asyncio.gather(*(write(index) for index in range(count))))
+
+
+def _write_gateway(endpoint: str, *extra: str) -> Any:
+    return gateway_process(
+        *("--s3-endpoint-url", endpoint, "--embedded-s3", "off"),
+        *("--write-part-size", str(WRITE_PART), "--write-parts-in-flight", str(WRITE_IN_FLIGHT)),
+        *extra,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_8_concurrent_256_mib_write_objects_hold_at_most_their_parts() -> None:
+    """Each stream holds at most part size x (parts in flight + 1) and its window; 8 x 256 MiB
+    whole objects would be 2 GiB."""
+    size = 256 * MiB
+    with (
+        sink_process(cap_mib_s=WRITE_CAP_MIB_S) as (endpoint, _),
+        _write_gateway(endpoint) as gateway,
+    ):
+        await _write_objects(gateway.address, 2, 16 * MiB)  # warm up
+        baseline = gateway.status("VmRSS")
+        gateway.reset_peak_rss()
+        written = await _write_objects(gateway.address, WRITE_STREAMS, size)
+        peak = gateway.status("VmHWM")
+    growth = peak - baseline
+    print(
+        f"gateway RSS {baseline / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB while writing "
+        f"{WRITE_STREAMS} x 256 MiB objects concurrently"
+    )
+    assert [(w.size, w.parts) for w in written] == [(size, size // WRITE_PART)] * WRITE_STREAMS
+    limit = WRITE_STREAMS * WRITE_STREAM_BOUND + WRITE_SLACK
+    assert growth < limit, f"peak RSS grew by {growth / MiB:.1f} MiB (limit {limit / MiB:.0f})"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_the_buffer_budget_bounds_write_objects_by_pushing_back() -> None:
+    """A budget that holds each stream's reservation and little more: every stream still
+    completes (the gateway stops reading a stream whose next part finds no budget, and flow
+    control holds its caller back), and the gateway's memory grows by the budget, not by
+    8 x part size x (parts in flight + 1). Measured: growth of 165 to 192 MiB within a 176 MiB
+    budget, 347 to 390 MiB with the default budget."""
+    size = 128 * MiB
+    reservation = 2 * WRITE_PART + MiB + 4 * MiB + 64 * 1024  # two parts, window, message
+    budget = WRITE_STREAMS * reservation + WRITE_PART
+    assert budget + WRITE_SLACK < WRITE_STREAMS * WRITE_STREAM_BOUND
+    with (
+        sink_process(cap_mib_s=WRITE_CAP_MIB_S) as (endpoint, _),
+        _write_gateway(endpoint, "--max-buffer-bytes", str(budget)) as gateway,
+    ):
+        await _write_objects(gateway.address, 2, 16 * MiB)  # warm up
+        baseline = gateway.status("VmRSS")
+        gateway.reset_peak_rss()
+        written = await _write_objects(gateway.address, WRITE_STREAMS, size)
+        peak = gateway.status("VmHWM")
+    growth = peak - baseline
+    print(
+        f"gateway RSS {baseline / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB while writing "
+        f"{WRITE_STREAMS} x 128 MiB objects within a {budget / MiB:.0f} MiB budget"
+    )
+    assert [w.size for w in written] == [size] * WRITE_STREAMS
+    limit = budget + WRITE_SLACK
+    assert growth < limit, f"peak RSS grew by {growth / MiB:.1f} MiB (limit {limit / MiB:.0f})"
