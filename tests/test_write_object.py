@@ -123,6 +123,25 @@ async def test_a_stream_without_finish_commits_nothing(
     await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
 
 
+async def test_an_announced_object_that_ends_before_its_first_part_leaves_no_upload(
+    stub: Stub, new_bucket: str, s3: S3Reader
+) -> None:
+    """With object_size above one part, the upload is created as the spec arrives, before any
+    part is full: a stream cancelled then aborts it all the same."""
+    held = asyncio.Event()
+
+    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+        yield write_spec(new_bucket, "early.bin", object_size=3 * PART)
+        yield pb.WriteObjectRequest(data=pb.ChecksummedData(content=os.urandom(MiB)))
+        await held.wait()
+
+    call = stub.WriteObject(messages())
+    await wait_for_async(lambda: s3.uploads(new_bucket), "the upload created")
+    call.cancel()
+    await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
+    assert s3.client.list_objects_v2(Bucket=new_bucket).get("KeyCount") == 0
+
+
 async def test_a_cancel_mid_object_leaves_no_upload(
     stub: Stub, new_bucket: str, s3: S3Reader
 ) -> None:

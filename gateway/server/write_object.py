@@ -323,6 +323,9 @@ class _Writer:
         self, messages: AsyncIterator[WriteMessage], idle: IdleTimer | None
     ) -> AsyncGenerator[pb.WriteObjectResponse, None]:
         plan = self._plan
+        if plan.size is not None and plan.size > plan.part_size:
+            # Surely a multipart upload: created while the first part fills, not after.
+            self._creating = asyncio.ensure_future(self._create())
         filling = self._new_part()
         while True:
             message = await self._next_event(messages, idle)
