@@ -20,6 +20,7 @@ from gateway.client import (
     GatewayCallError,
     GatewayClient,
     TLSConfigError,
+    UploadOptions,
     error_info,
     open_channel,
     status_details,
@@ -110,7 +111,10 @@ async def test_client_with_the_token_can_make_every_call(
     path = _file(tmp_path)
     async with GatewayClient.connect(token_gateway.address, token=TOKEN) as client:
         assert TOKEN not in repr(client) and TOKEN not in str(client)
-        result = await client.upload_file(path, moto_bucket, "whole.bin")
+        result = await client.upload_file(path, moto_bucket, "whole.bin")  # WriteObject
+        assert result.size == path.stat().st_size and result.parts == 0  # one PutObject
+        options = UploadOptions(client_parts=True)
+        result = await client.upload_file(path, moto_bucket, "split.bin", options)
         assert result.size == path.stat().st_size and result.parts == 1
 
         created = await client.create_multipart_upload(
