@@ -8,6 +8,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -83,6 +84,51 @@ async def test_an_object_is_written_whole_and_verified(
         progress = [r.progress.persisted_size for r in responses if r.HasField("progress")]
         assert progress == sorted(progress) and progress[-1] == size
     assert s3.uploads(new_bucket) == []
+
+
+@pytest.mark.backends("moto")
+async def test_parts_held_whole_go_without_100_continue(
+    gateway: GatewayThread, stub: Stub, new_bucket: str
+) -> None:
+    """A WriteObject's parts and its PutObject are in memory: no ``Expect: 100-continue`` (a
+    round trip per part); a relayed UploadPart keeps it, so that S3 can refuse it before the
+    caller's bytes flow."""
+    sent: list[tuple[str, str]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        expect = request.headers.get("Expect", b"")
+        sent.append((event_name.rpartition(".")[2], expect.decode() if expect else ""))
+
+    assert gateway.gateway.s3 is not None
+    s3 = gateway.gateway.s3
+    events = [f"before-send.s3.{op}" for op in ("UploadPart", "PutObject")]
+    for event in events:
+        s3.register(event, record)
+    try:
+        await write_object(stub, write_spec(new_bucket, "two.bin"), os.urandom(PART + 1))
+        await write_object(stub, write_spec(new_bucket, "one.bin"), os.urandom(1000))
+        created = await stub.CreateMultipartUpload(
+            pb.CreateMultipartUploadRequest(bucket=new_bucket, key="relayed.bin")
+        )
+        header = pb.UploadPartHeader(
+            bucket=new_bucket, key="relayed.bin", upload_id=created.upload_id, part_number=1,
+            content_length=1000,
+        )  # fmt: skip
+
+        async def part() -> AsyncIterator[pb.UploadPartRequest]:
+            yield pb.UploadPartRequest(header=header)
+            yield pb.UploadPartRequest(data=pb.ChecksummedData(content=os.urandom(1000)))
+
+        await stub.UploadPart(part())
+    finally:
+        for event in events:
+            s3.unregister(event, record)
+    assert sent == [
+        ("UploadPart", ""),
+        ("UploadPart", ""),
+        ("PutObject", ""),
+        ("UploadPart", "100-continue"),
+    ]
 
 
 async def test_a_composite_checksum_is_verified_over_the_bytes(

@@ -287,6 +287,8 @@ class HeldBody:
 
     #: Bytes per slice: a few times the socket's unsent low-water mark.
     SLICE = 256 * 1024
+    #: Sent without ``Expect: 100-continue`` (see :mod:`.s3`).
+    held_whole = True
 
     def __init__(
         self, data: bytes | bytearray | memoryview, watch: SendWatch | None = None

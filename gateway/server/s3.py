@@ -126,6 +126,16 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+def _skip_continue(params: dict[str, Any], **_: Any) -> None:
+    """Send a body the gateway holds whole (``held_whole``: a WriteObject part) without
+    ``Expect: 100-continue``, which botocore asks for before every file-like body: waiting for S3's
+    invitation would spare nothing the gateway needs (the bytes stay in memory until S3 has them)
+    and costs a round trip per part. A relayed part keeps it: its bytes are the caller's stream."""
+    body = params.get("body")
+    if getattr(body, "held_whole", False):
+        params["headers"].pop("Expect", None)
+
+
 class S3:
     """Async facade over the clients: calls by operation name, routed by bucket type and pool,
     bounded, errors classified."""
@@ -144,6 +154,9 @@ class S3:
         self.region = region
         self._metrics = metrics
         self.endpoint_url: str = general.meta.endpoint_url
+        for client in {id(c): c for c in (general, directory)}.values():
+            # After botocore's own handler of the event (it adds the header).
+            client.meta.events.register_last("before-call.s3", _skip_continue)
 
     def client_for(self, bucket: str) -> Any:
         return self._directory if is_directory_bucket(bucket) else self._general
