@@ -253,6 +253,19 @@ class Settings:
         "parts of one WriteObject stream uploaded at once, each on an S3 connection of its own "
         "(1 to 64); a stream holds up to this many parts plus one",
     )
+    write_token_keys_file: str | None = _setting(
+        None,
+        "GATEWAY_WRITE_TOKEN_KEYS_FILE",
+        "YAML file of the keys that sign resumable write tokens ('signing: ID' and 'keys: "
+        "{ID: base64}'), the same on every replica; without it resumable writes are off "
+        "(with the embedded S3: a key of the process's own)",
+    )
+    write_token_ttl: float = _setting(
+        7 * 24 * 3600.0,
+        "GATEWAY_WRITE_TOKEN_TTL",
+        "seconds a resumable write may last from its start; then its token is refused (abort "
+        "what is left with reap-uploads --older-than)",
+    )
     idle_timeout: float = _setting(
         60.0,
         "GATEWAY_IDLE_TIMEOUT",
@@ -334,7 +347,13 @@ class Settings:
             self.tls_client_ca_file is None or self.tls_cert_file is not None,
             "GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE",
         )
-        files = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")
+        files = (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "auth_tokens_file",
+            "write_token_keys_file",
+        )
         for name in (*files, "policy_file"):
             path = getattr(self, name)
             _check(path is None or os.path.isfile(path), f"GATEWAY_{name.upper()} must name a file")
@@ -369,6 +388,7 @@ class Settings:
             f"GATEWAY_WRITE_PART_SIZE must be {5 * MiB}..{MAX_S3_PART_SIZE}",
         )
         _check(1 <= self.write_parts_in_flight <= 64, "GATEWAY_WRITE_PARTS_IN_FLIGHT must be 1..64")
+        _check(self.write_token_ttl >= 60, "GATEWAY_WRITE_TOKEN_TTL must be >= 60 seconds")
 
     @property
     def principal_stream_limit(self) -> int:

@@ -25,6 +25,7 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from gateway.config import Settings
+from gateway.security.write_tokens import generate_key
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends import rgw as rgw_backend
@@ -214,12 +215,18 @@ async def upload(
 
 
 @pytest.fixture(scope="session")
-def moto_gateway(moto_endpoint: str) -> Iterator[GatewayThread]:
+def moto_gateway(
+    moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayThread]:
+    """A gateway on moto with the default settings, resumable writes on (a key file of its own)."""
+    keys = tmp_path_factory.mktemp("write-keys") / "write-keys.yaml"
+    keys.write_text(f"signing: k1\nkeys:\n  k1: {generate_key()}\n")
     settings = Settings(
         listen_address="127.0.0.1:0",
         metrics_address="127.0.0.1:0",
         drain_delay=0,
         s3_endpoint_url=moto_endpoint,
+        write_token_keys_file=str(keys),
     )
     with GatewayThread(settings, ("testing", "testing")) as running:
         yield running

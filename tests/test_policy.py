@@ -68,9 +68,12 @@ def allowed(decision: Decision) -> bool:
 # --- decisions ---------------------------------------------------------------------------------
 
 
-def test_operations_are_the_eight_rpcs() -> None:
+def test_operations_are_the_eleven_rpcs() -> None:
     assert set(OPERATIONS) == {
         "WriteObject",
+        "StartResumableWrite",
+        "QueryWriteStatus",
+        "CancelResumableWrite",
         "CreateMultipartUpload",
         "UploadPart",
         "UploadPartCopy",

@@ -34,6 +34,7 @@ from gateway.config import ConfigError, Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
 from gateway.security.guard import Guard
 from gateway.security.tls import ServerTLS
+from gateway.security.write_tokens import FixedKeys, Signer, WriteKeys
 from gateway.server.admission import Admission
 from gateway.server.embedded import EMBEDDED_CREDENTIALS, embedded_s3, wanted
 from gateway.server.metrics import Metrics, MetricsInterceptor
@@ -103,8 +104,9 @@ class Gateway:
             self.guard = Guard(settings)
             self._watch_files(self.guard)
             admission = Admission(settings, self.metrics)
+            signer = self._write_token_signer(settings, embedded)
             service = self._service = UploadService(
-                s3, settings, self.metrics, self.guard, admission
+                s3, settings, self.metrics, self.guard, admission, signer
             )
             self._server = self._build_server(settings, service)
             self.port = self._add_port(settings)
@@ -127,6 +129,17 @@ class Gateway:
             self.s3_endpoint_url,
             extra={FIELDS: {"grpc_port": self.port, "metrics_port": self.metrics_port}},
         )
+
+    def _write_token_signer(self, settings: Settings, embedded: bool) -> Signer | None:
+        """The write token keys: the key file's, else with the embedded S3 a key of this
+        process (its uploads end with the process too), else none: resumable writes off."""
+        if settings.write_token_keys_file:
+            keys = WriteKeys(settings.write_token_keys_file)
+            self.metrics.watch("write_token_keys", keys)
+            return keys
+        if embedded:
+            return FixedKeys()
+        return None
 
     def _watch_files(self, guard: Guard) -> None:
         """Count the reloads of the token and policy files in the metrics."""

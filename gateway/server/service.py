@@ -27,10 +27,12 @@ from gateway.errors import (
     ResourceExhausted,
 )
 from gateway.security.guard import Guard
+from gateway.security.write_tokens import Signer
 from gateway.server import validate
 from gateway.server.admission import Admission
 from gateway.server.calls import CallRecord, Context, current_call, rpc, rpc_stream
 from gateway.server.metrics import Metrics
+from gateway.server.resumable import Resumable
 from gateway.server.s3 import S3
 from gateway.server.upload_part import PartUpload, default_checksum
 from gateway.server.wire import (
@@ -46,6 +48,8 @@ from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["UploadService"]
+#: The RPCs whose object is named by a write token or a spec: their handlers authorize.
+_TOKEN_RPCS = frozenset({"StartResumableWrite", "QueryWriteStatus", "CancelResumableWrite"})
 
 Reply = TypeVar("Reply", bound=Message)
 
@@ -54,14 +58,21 @@ class UploadService(pb_grpc.UploadServiceServicer):
     """Relays the S3 multipart upload API."""
 
     def __init__(
-        self, s3: S3, settings: Settings, metrics: Metrics, guard: Guard, admission: Admission
+        self,
+        s3: S3,
+        settings: Settings,
+        metrics: Metrics,
+        guard: Guard,
+        admission: Admission,
+        signer: Signer | None = None,
     ) -> None:
         self._s3 = s3
         self._metrics = metrics
         self._guard = guard
         self._admission = admission
         self._upload_part = PartUpload(s3, settings, metrics, guard, admission)
-        self._write_object = ObjectWrite(s3, settings, metrics, guard, admission)
+        self._resumable = Resumable(s3, settings, guard, signer)
+        self._write_object = ObjectWrite(s3, settings, metrics, guard, admission, self._resumable)
 
     async def settle(self) -> None:
         """Wait for the clean-up calls of the ended calls (WriteObject's aborts)."""
@@ -81,7 +92,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
             self._guard.authorize(
                 record.principal, operation, request.bucket, prefix=request.prefix
             )
-        elif operation not in STREAMING_RPCS:
+        elif operation not in STREAMING_RPCS and operation not in _TOKEN_RPCS:
             self._guard.authorize(record.principal, operation, request.bucket, request.key)
 
     def count_failure(self, error: GatewayError) -> None:
@@ -135,6 +146,31 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self, request_iterator: AsyncIterator[WriteMessage], context: Context
     ) -> AsyncGenerator[pb.WriteObjectResponse, None]:
         return self._write_object(request_iterator, current_call())
+
+    @rpc
+    async def StartResumableWrite(
+        self, request: pb.StartResumableWriteRequest, context: Context
+    ) -> pb.StartResumableWriteResponse:
+        record = current_call()
+        assert record.principal is not None
+        record.bucket = request.spec.object.bucket
+        return await self._resumable.start(request, record.principal, record.caller)
+
+    @rpc
+    async def QueryWriteStatus(
+        self, request: pb.QueryWriteStatusRequest, context: Context
+    ) -> pb.QueryWriteStatusResponse:
+        record = current_call()
+        assert record.principal is not None
+        return await self._resumable.query(request, record.principal, record.caller)
+
+    @rpc
+    async def CancelResumableWrite(
+        self, request: pb.CancelResumableWriteRequest, context: Context
+    ) -> pb.CancelResumableWriteResponse:
+        record = current_call()
+        assert record.principal is not None
+        return await self._resumable.cancel(request, record.principal, record.caller)
 
     @rpc
     async def UploadPartCopy(

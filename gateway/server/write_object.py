@@ -34,7 +34,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -59,6 +59,11 @@ from gateway.server.timers import IdleTimer, SendWatch
 from gateway.server.wire import Data, Malformed, WriteMessage, checked_content
 from gateway.units import MiB
 from gateway.v1 import upload_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.security.auth import Principal
+    from gateway.security.write_tokens import WriteToken
+    from gateway.server.resumable import Resumable, Resumption
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +181,16 @@ class _Part:
     #: The task uploading it.
     task: asyncio.Task[dict[str, Any]] | None = None
     etag: str = ""
+    #: Committed by an earlier stream of a resumable write (``checksum`` empty if S3 did not
+    #: list it: the resumption's CRC covers it).
+    prior: bool = False
 
     def __post_init__(self) -> None:
         self.length = len(self.data)
+
+    @property
+    def committed(self) -> bool:
+        return self.prior or (self.task is not None and self.task.done())
 
 
 @dataclass
@@ -195,13 +207,20 @@ class ObjectWrite:
     """Serves WriteObject streams for one gateway process."""
 
     def __init__(
-        self, s3: S3, settings: Settings, metrics: Metrics, guard: Guard, admission: Admission
+        self,
+        s3: S3,
+        settings: Settings,
+        metrics: Metrics,
+        guard: Guard,
+        admission: Admission,
+        resumable: Resumable,
     ) -> None:
         self._s3 = s3
         self._settings = settings
         self._metrics = metrics
         self._guard = guard
         self._admission = admission
+        self._resumable = resumable
         #: The tasks of the calls being served.
         self._calls: set[asyncio.Task[Any]] = set()
         #: Abandoned writes being cleaned up (parts stopped, the upload aborted).
@@ -228,13 +247,32 @@ class ObjectWrite:
             self._metrics.inflight_streams.inc()
             idle = IdleTimer(settings.idle_timeout) if settings.idle_timeout else None
             try:
-                spec = await _read_spec(messages, idle)
-                record.bucket = spec.object.bucket
-                plan = self._admit(spec, record)
+                first = await _read_first(messages, idle)
+                resumption = None
+                if isinstance(first, pb.ResumeWrite):
+                    opened = await self._resume(first, record)
+                    if isinstance(opened, pb.WrittenObject):
+                        yield pb.WriteObjectResponse(object=opened)  # finished before
+                        return
+                    resumption = opened
+                    spec, plan = opened.spec, opened.plan
+                else:
+                    spec = first
+                    record.bucket = spec.object.bucket
+                    assert record.principal is not None
+                    plan = admit_spec(self._guard, self._s3, self._settings, record.principal, spec)
                 budget = self._admission.budget
                 with budget.reserve(plan.reserved):
                     writer = _Writer(
-                        self._s3, record.caller, spec, plan, self._metrics, budget, self._cleanups
+                        self._s3,
+                        record.caller,
+                        spec,
+                        plan,
+                        self._metrics,
+                        budget,
+                        self._cleanups,
+                        resumption,
+                        self._resumable if resumption is not None else None,
                     )
                     async with contextlib.aclosing(writer.write(messages, idle)) as responses:
                         async for response in responses:
@@ -256,17 +294,52 @@ class ObjectWrite:
         except TimeoutError:
             log.error("WriteObject calls did not end in time; their uploads may be left behind")
 
-    def _admit(self, spec: pb.WriteObjectSpec, record: CallRecord) -> WritePlan:
-        request = spec.object
+    async def _resume(
+        self, resume: pb.ResumeWrite, record: CallRecord
+    ) -> Resumption | pb.WrittenObject:
+        """The state the stream continues (or the object, if the write was finished), once the
+        token, the caller and the offset are right."""
         assert record.principal is not None
-        self._guard.authorize(record.principal, "WriteObject", request.bucket, request.key)
-        validate.object_request(request, self._s3.region)
-        validate.sse_customer(request)
-        validate.checksum_choice(request.checksum_algorithm, 0)  # the type: WritePlan.of
-        validate.user_metadata(request.metadata)
-        if spec.HasField("if_none_match") and spec.if_none_match != "*":
-            raise InvalidRequest("spec.if_none_match", 'must be "*" (S3 takes no other value)')
-        return WritePlan.of(spec, self._settings)
+        token, spec = self._resumable.open(
+            resume.write_token, record.principal, resume.sse_customer_key
+        )
+        record.bucket = spec.object.bucket
+        self._guard.authorize(record.principal, "WriteObject", spec.object.bucket, spec.object.key)
+        state = await self._resumable.state(token, spec, record.caller)
+        if isinstance(state, pb.WrittenObject):
+            return state
+        if resume.write_offset != state.persisted:
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                Reason.WRITE_OFFSET_MISMATCH,
+                f"write_offset is {resume.write_offset} but {state.persisted} bytes are "
+                "persisted: resume from there, with the token of this error's metadata",
+                metadata={
+                    "persistedSize": str(state.persisted),
+                    "writeToken": self._resumable.issue(state.advanced_token()),
+                },
+            )
+        return state
+
+
+def admit_spec(
+    guard: Guard,
+    s3: S3,
+    settings: Settings,
+    principal: Principal,
+    spec: pb.WriteObjectSpec,
+    operation: str = "WriteObject",
+) -> WritePlan:
+    """Authorize ``operation`` on the spec's object, validate the spec, and plan the write."""
+    request = spec.object
+    guard.authorize(principal, operation, request.bucket, request.key)
+    validate.object_request(request, s3.region)
+    validate.sse_customer(request)
+    validate.checksum_choice(request.checksum_algorithm, 0)  # the type: WritePlan.of
+    validate.user_metadata(request.metadata)
+    if spec.HasField("if_none_match") and spec.if_none_match != "*":
+        raise InvalidRequest("spec.if_none_match", 'must be "*" (S3 takes no other value)')
+    return WritePlan.of(spec, settings)
 
 
 class _Writer:
@@ -281,6 +354,8 @@ class _Writer:
         metrics: Metrics,
         budget: Budget,
         cleanups: set[asyncio.Future[None]],
+        resumption: Resumption | None = None,
+        resumable: Resumable | None = None,
     ) -> None:
         self._s3 = s3
         self._cleanups = cleanups
@@ -293,13 +368,27 @@ class _Writer:
         self._metrics = metrics
         self._kind = bucket_type(spec.object.bucket)
         self._object = _Object()
-        if not plan.full_object:
+        if plan.algorithm not in checksums.FULL_OBJECT_CAPABLE:  # no CRC: hash every byte
             self._object.whole = plan.algorithm.new()
         self._upload_id: str | None = None
         self._creating: asyncio.Future[str] | None = None
         #: The read of the caller's next message, while parts are in flight.
         self._reading: asyncio.Future[Data | pb.FinishWrite] | None = None
         self._reported = 0
+        #: Of a resumable write: its token (to issue as parts commit), and the committed parts the
+        #: token vouches for: how many, their bytes, their CRC.
+        self._resumable = resumable
+        self._resumption = resumption
+        self._vouched: tuple[int, int, bytes] = (0, 0, plan.algorithm.new().digest())
+        if resumption is not None:
+            self._upload_id = resumption.token.upload_id
+            for prior in resumption.prior:
+                part = _Part(prior.number, _EMPTY, prior.checksum, etag=prior.etag, prior=True)
+                part.length = prior.size
+                self._object.parts.append(part)
+            self._object.received = resumption.persisted
+            self._vouched = (len(resumption.prior), resumption.persisted, resumption.crc)
+            self._reported = resumption.persisted
 
     @property
     def received(self) -> int:
@@ -312,8 +401,10 @@ class _Writer:
             async with contextlib.aclosing(self._stream(messages, idle)) as responses:
                 async for response in responses:
                     yield response
-        except BaseException:
-            await self._abandon()
+        except BaseException as error:
+            # A resumable write keeps its parts for the next stream, unless they are wrong.
+            keep = self._resumable is not None and not isinstance(error, ChecksumMismatch)
+            await self._abandon(abort=not keep)
             raise
         finally:
             self._budget.give_back(self._extra * self._plan.part_size)
@@ -323,7 +414,7 @@ class _Writer:
         self, messages: AsyncIterator[WriteMessage], idle: IdleTimer | None
     ) -> AsyncGenerator[pb.WriteObjectResponse, None]:
         plan = self._plan
-        if plan.size is not None and plan.size > plan.part_size:
+        if self._upload_id is None and plan.size is not None and plan.size > plan.part_size:
             # Surely a multipart upload: created while the first part fills, not after.
             self._creating = asyncio.ensure_future(self._create())
         filling = self._new_part()
@@ -354,6 +445,9 @@ class _Writer:
         digest = self._verify(finish, last)
         if not self._object.parts:
             answer = await self._put(filling.data, digest)
+            if self._upload_id is not None:  # a resumable write's upload, now not needed
+                upload_id, self._upload_id = self._upload_id, None
+                await asyncio.shield(self._abort(upload_id))
             yield _written(answer, self._spec, self.received, 0, plan.algorithm, digest)
             return
         if filling.filled:
@@ -361,19 +455,23 @@ class _Writer:
                 yield response
         del filling
         for part in self._object.parts:
-            assert part.task is not None
-            await part.task
+            if part.task is not None:
+                await part.task
         for response in self._progress():
             yield response
         answer = await self._complete(digest)
         self._upload_id = None  # completed: nothing to abort
         parts = self._object.parts
         written = _written(answer, self._spec, self.received, len(parts), plan.algorithm, digest)
-        assert parts[0].task is not None
-        first = parts[0].task.result()
         # S3 names the SSE-C key in the answers to the parts only, not in the completion's.
-        written.object.sse_customer_algorithm = first.get("SSECustomerAlgorithm", "")
-        written.object.sse_customer_key_md5 = first.get("SSECustomerKeyMD5", "")
+        written.object.sse_customer_algorithm = self._spec.object.sse_customer_algorithm
+        written.object.sse_customer_key_md5 = self._spec.object.sse_customer_key_md5
+        for part in parts:
+            if part.task is not None:
+                first = part.task.result()
+                written.object.sse_customer_algorithm = first.get("SSECustomerAlgorithm", "")
+                written.object.sse_customer_key_md5 = first.get("SSECustomerKeyMD5", "")
+                break
         yield written
 
     async def _next_event(
@@ -457,14 +555,28 @@ class _Writer:
         self._release()
         persisted = 0
         for part in self._object.parts:
-            if part.task is None or not part.task.done():
+            if not part.committed:
                 break
             persisted += part.length
         if persisted <= self._reported:
             return []
         self._reported = persisted
         progress = pb.WriteProgress(persisted_size=persisted)
+        if self._resumable is not None and self._resumption is not None:
+            progress.write_token = self._resumable.issue(self._vouch())
         return [pb.WriteObjectResponse(progress=progress)]
+
+    def _vouch(self) -> WriteToken:
+        """The token, advanced over the parts committed since it was last."""
+        assert self._resumption is not None
+        count, persisted, crc = self._vouched
+        for part in self._object.parts[count:]:
+            if not part.committed:
+                break
+            crc = checksums.combine(self._plan.algorithm, crc, part.checksum, part.length)
+            count, persisted = count + 1, persisted + part.length
+        self._vouched = (count, persisted, crc)
+        return self._resumption.token.advanced(count, persisted, crc)
 
     async def _create(self) -> str:
         params = convert.to_params(self._spec.object, "CreateMultipartUpload")
@@ -547,14 +659,17 @@ class _Writer:
     def _whole_digest(self, last: bytes | None) -> bytes:
         if self._object.whole is not None:
             return self._object.whole.digest()
-        digests = [(p.checksum, p.number) for p in self._object.parts]
-        lengths = [self._plan.part_size] * len(digests)
+        algorithm = self._plan.algorithm
+        # The prior parts' CRC (the resumption's), then every part of this stream's.
+        count, offset, whole = (0, 0, algorithm.new().digest())
+        if self._resumption is not None:
+            count, offset = len(self._resumption.prior), self._resumption.persisted
+            whole = self._resumption.crc
+        for part in self._object.parts[count:]:
+            whole = checksums.combine(algorithm, whole, part.checksum, part.length)
+            offset += part.length
         if last is not None:
-            digests.append((last, 0))
-            lengths.append(self.received - self._plan.part_size * len(self._object.parts))
-        whole = self._plan.algorithm.new().digest()
-        for (digest, _), length in zip(digests, lengths, strict=True):
-            whole = checksums.combine(self._plan.algorithm, whole, digest, length)
+            whole = checksums.combine(algorithm, whole, last, self.received - offset)
         return whole
 
     async def _put(self, data: memoryview, digest: bytes) -> dict[str, Any]:
@@ -574,7 +689,8 @@ class _Writer:
         parts = []
         for part in self._object.parts:
             entry = {"PartNumber": part.number, "ETag": part.etag}
-            entry[algorithm.s3_member] = checksums.encode(part.checksum)
+            if part.checksum:  # unknown for a prior part S3 did not list with one
+                entry[algorithm.s3_member] = checksums.encode(part.checksum)
             parts.append(entry)
         params = {
             **self._object_parameters("CompleteMultipartUpload"),
@@ -594,15 +710,18 @@ class _Writer:
         if self._spec.HasField("if_match"):
             params["IfMatch"] = self._spec.if_match
 
-    async def _abandon(self) -> None:
-        """Stop the parts in flight and abort the upload, if there is one: nothing is left
-        behind. The abort runs to its end even when the stream's task is cancelled meanwhile."""
+    async def _abandon(self, *, abort: bool = True) -> None:
+        """Stop the parts in flight and abort the upload, if there is one (and ``abort``):
+        nothing is left behind. The abort runs to its end even when the stream's task is
+        cancelled meanwhile."""
         if self._reading is not None:
             self._reading.cancel()
         tasks = [p.task for p in self._object.parts if p.task is not None]
         for task in tasks:
             task.cancel()
         upload_id, self._upload_id = self._upload_id, None
+        if not abort:
+            upload_id = None
         creating = self._creating if upload_id is None else None
         ending = asyncio.ensure_future(self._end(tasks, upload_id, creating))
         self._cleanups.add(ending)
@@ -635,16 +754,18 @@ class _Writer:
             )  # fmt: skip
 
 
-async def _read_spec(
+async def _read_first(
     messages: AsyncIterator[WriteMessage], idle: IdleTimer | None
-) -> pb.WriteObjectSpec:
+) -> pb.WriteObjectSpec | pb.ResumeWrite:
     first = await _message(messages, idle)
     if first is None:
         raise InvalidRequest("spec", "the stream is empty; the first message must be a spec")
     if isinstance(first, Malformed):
         raise InvalidRequest("message", f"is not valid protobuf: {first.error}")
+    if not isinstance(first, Data) and first.WhichOneof("message") == "resume":
+        return first.resume
     if isinstance(first, Data) or first.WhichOneof("message") != "spec":
-        raise InvalidRequest("spec", "the first message must be a spec")
+        raise InvalidRequest("spec", "the first message must be a spec (or resume)")
     if not first.spec.HasField("object"):
         raise InvalidRequest("spec.object", "is required")
     return first.spec
@@ -665,7 +786,7 @@ async def _next(
         raise InvalidRequest("message", f"is not valid protobuf: {message.error}")
     if message.WhichOneof("message") == "finish":
         return message.finish
-    raise InvalidRequest("spec", "only the first message may be a spec")
+    raise InvalidRequest("spec", "only the first message may be a spec or resume")
 
 
 async def _message(

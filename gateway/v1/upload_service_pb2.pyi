@@ -303,6 +303,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The object needs more than S3's 10,000 parts at the part size in use: give WriteObject the
     object's size (`object_size`), so that the gateway picks parts large enough.
     """
+    ERROR_REASON_RESUMABLE_WRITES_DISABLED: _ErrorReason.ValueType  # 66
+    """The gateway has no write token keys: resumable writes are off (UNIMPLEMENTED)."""
+    ERROR_REASON_WRITE_TOKEN_INVALID: _ErrorReason.ValueType  # 67
+    """The write token is malformed, was changed, or was signed with a key this gateway does not
+    hold (INVALID_ARGUMENT). Start a new write; if replicas disagree on their keys, fix that.
+    """
+    ERROR_REASON_WRITE_TOKEN_EXPIRED: _ErrorReason.ValueType  # 68
+    """The write token has expired (FAILED_PRECONDITION; metadata: expiredAt): start a new write."""
+    ERROR_REASON_WRITE_TOKEN_PRINCIPAL: _ErrorReason.ValueType  # 69
+    """The write token was issued to another caller (PERMISSION_DENIED)."""
+    ERROR_REASON_WRITE_OFFSET_MISMATCH: _ErrorReason.ValueType  # 70
+    """The resumed stream's `write_offset` is not the persisted size (FAILED_PRECONDITION; metadata:
+    persistedSize, writeToken). Resume from persistedSize with the token of the metadata.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason documents every `google.rpc.ErrorInfo.reason` the gateway returns. The reason string
@@ -480,6 +494,20 @@ ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 64
 ERROR_REASON_TOO_MANY_PARTS: ErrorReason.ValueType  # 65
 """The object needs more than S3's 10,000 parts at the part size in use: give WriteObject the
 object's size (`object_size`), so that the gateway picks parts large enough.
+"""
+ERROR_REASON_RESUMABLE_WRITES_DISABLED: ErrorReason.ValueType  # 66
+"""The gateway has no write token keys: resumable writes are off (UNIMPLEMENTED)."""
+ERROR_REASON_WRITE_TOKEN_INVALID: ErrorReason.ValueType  # 67
+"""The write token is malformed, was changed, or was signed with a key this gateway does not
+hold (INVALID_ARGUMENT). Start a new write; if replicas disagree on their keys, fix that.
+"""
+ERROR_REASON_WRITE_TOKEN_EXPIRED: ErrorReason.ValueType  # 68
+"""The write token has expired (FAILED_PRECONDITION; metadata: expiredAt): start a new write."""
+ERROR_REASON_WRITE_TOKEN_PRINCIPAL: ErrorReason.ValueType  # 69
+"""The write token was issued to another caller (PERMISSION_DENIED)."""
+ERROR_REASON_WRITE_OFFSET_MISMATCH: ErrorReason.ValueType  # 70
+"""The resumed stream's `write_offset` is not the persisted size (FAILED_PRECONDITION; metadata:
+persistedSize, writeToken). Resume from persistedSize with the token of the metadata.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -2186,19 +2214,26 @@ Global___ListMultipartUploadsResponse: _TypeAlias = ListMultipartUploadsResponse
 
 @_typing.final
 class WriteObjectRequest(_message.Message):
-    """WriteObjectRequest is one message of a WriteObject stream: first a `spec`, then any number of
-    `data` messages carrying the object's bytes in order, then one `finish`. A stream that ends
-    without `finish` commits nothing.
+    """WriteObjectRequest is one message of a WriteObject stream: first a `spec` (or `resume`), then
+    any number of `data` messages carrying the object's bytes in order, then one `finish`. A stream
+    that ends without `finish` commits nothing (of a resumable write: nothing but its parts).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     FINISH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___WriteObjectSpec:
         """The first message, and only the first: the object to write and its attributes."""
+
+    @_builtins.property
+    def resume(self) -> Global___ResumeWrite:
+        """The first message of a stream that continues a resumable write (StartResumableWrite), in
+        place of `spec`.
+        """
 
     @_builtins.property
     def data(self) -> Global___ChecksummedData:
@@ -2214,14 +2249,15 @@ class WriteObjectRequest(_message.Message):
         self,
         *,
         spec: Global___WriteObjectSpec | None = ...,
+        resume: Global___ResumeWrite | None = ...,
         data: Global___ChecksummedData | None = ...,
         finish: Global___FinishWrite | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "resume", b"resume", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "message", b"message", "resume", b"resume", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["spec", "data", "finish"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["spec", "resume", "data", "finish"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -2395,20 +2431,221 @@ class WriteProgress(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSISTED_SIZE_FIELD_NUMBER: _builtins.int
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
     persisted_size: _builtins.int
     """The number of bytes, from the start of the object, stored in S3 as committed parts."""
+    write_token: _builtins.str
+    """Of a resumable write: its token, updated to vouch for the persisted bytes. Keep the latest:
+    an earlier one still works, but a resume from it may re-send parts S3 already holds.
+    """
     def __init__(
         self,
         *,
         persisted_size: _builtins.int = ...,
+        write_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["persisted_size", b"persisted_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["persisted_size", b"persisted_size", "write_token", b"write_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteProgress: _TypeAlias = WriteProgress  # noqa: Y015
+
+@_typing.final
+class ResumeWrite(_message.Message):
+    """ResumeWrite continues a resumable write."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    WRITE_OFFSET_FIELD_NUMBER: _builtins.int
+    SSE_CUSTOMER_KEY_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    """Required. The write's token: StartResumableWrite's, or a later one (WriteProgress,
+    QueryWriteStatus, the metadata of a WRITE_OFFSET_MISMATCH error).
+    """
+    write_offset: _builtins.int
+    """Required. Where the stream's data begins in the object: the persisted size that
+    QueryWriteStatus (or the last WriteProgress) reported. Any other value is FAILED_PRECONDITION
+    (reason WRITE_OFFSET_MISMATCH) with the persisted size in the metadata. To repeat a `finish`
+    whose answer was lost, send the object's size and `finish` alone.
+    """
+    sse_customer_key: _builtins.str
+    """The SSE-C key, base64, for a write that has one (the token never holds it)."""
+    def __init__(
+        self,
+        *,
+        write_token: _builtins.str = ...,
+        write_offset: _builtins.int = ...,
+        sse_customer_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sse_customer_key", b"sse_customer_key", "write_offset", b"write_offset", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeWrite: _TypeAlias = ResumeWrite  # noqa: Y015
+
+@_typing.final
+class StartResumableWriteRequest(_message.Message):
+    """StartResumableWriteRequest begins a resumable write."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___WriteObjectSpec:
+        """Required. The object and its attributes, as a WriteObject's spec. The checksum algorithm must
+        be a CRC (CRC64NVME by default).
+        """
+
+    def __init__(
+        self,
+        *,
+        spec: Global___WriteObjectSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartResumableWriteRequest: _TypeAlias = StartResumableWriteRequest  # noqa: Y015
+
+@_typing.final
+class StartResumableWriteResponse(_message.Message):
+    """StartResumableWriteResponse carries the new write's token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    PART_SIZE_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    """The write token: opaque, authenticated, holding no secret. Pass it to WriteObject's
+    `resume`, QueryWriteStatus and CancelResumableWrite.
+    """
+    part_size: _builtins.int
+    """The part size the write uses, bytes: a resume starts on a multiple of it."""
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp:
+        """The write token's expiry."""
+
+    def __init__(
+        self,
+        *,
+        write_token: _builtins.str = ...,
+        part_size: _builtins.int = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "part_size", b"part_size", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartResumableWriteResponse: _TypeAlias = StartResumableWriteResponse  # noqa: Y015
+
+@_typing.final
+class QueryWriteStatusRequest(_message.Message):
+    """QueryWriteStatusRequest asks how far a resumable write is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    SSE_CUSTOMER_KEY_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    """Required. The write's token."""
+    sse_customer_key: _builtins.str
+    """The SSE-C key, base64, for a write that has one."""
+    def __init__(
+        self,
+        *,
+        write_token: _builtins.str = ...,
+        sse_customer_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sse_customer_key", b"sse_customer_key", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryWriteStatusRequest: _TypeAlias = QueryWriteStatusRequest  # noqa: Y015
+
+@_typing.final
+class QueryWriteStatusResponse(_message.Message):
+    """QueryWriteStatusResponse says how far a resumable write is, or what it wrote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSISTED_SIZE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    persisted_size: _builtins.int
+    """The bytes persisted from the start of the object: resume from here."""
+    write_token: _builtins.str
+    """The token, updated to vouch for the persisted bytes (empty once the object is written)."""
+    @_builtins.property
+    def object(self) -> Global___WrittenObject:
+        """The written object: the write was finished."""
+
+    def __init__(
+        self,
+        *,
+        persisted_size: _builtins.int = ...,
+        object: Global___WrittenObject | None = ...,
+        write_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "status", b"status", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_status: _TypeAlias = _typing.Literal["persisted_size", "object"]  # noqa: Y015
+    _WhichOneofArgType_status: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_status) -> _WhichOneofReturnType_status | None: ...
+
+Global___QueryWriteStatusResponse: _TypeAlias = QueryWriteStatusResponse  # noqa: Y015
+
+@_typing.final
+class CancelResumableWriteRequest(_message.Message):
+    """CancelResumableWriteRequest ends a resumable write without an object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    """Required. The write's token."""
+    def __init__(
+        self,
+        *,
+        write_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResumableWriteRequest: _TypeAlias = CancelResumableWriteRequest  # noqa: Y015
+
+@_typing.final
+class CancelResumableWriteResponse(_message.Message):
+    """CancelResumableWriteResponse is empty: the write's upload is aborted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResumableWriteResponse: _TypeAlias = CancelResumableWriteResponse  # noqa: Y015
 
 @_typing.final
 class WrittenObject(_message.Message):

@@ -76,6 +76,21 @@ class UploadServiceStub:
                 request_serializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.FromString,
                 _registered_method=True)
+        self.StartResumableWrite = channel.unary_unary(
+                '/gateway.v1.UploadService/StartResumableWrite',
+                request_serializer=gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteResponse.FromString,
+                _registered_method=True)
+        self.QueryWriteStatus = channel.unary_unary(
+                '/gateway.v1.UploadService/QueryWriteStatus',
+                request_serializer=gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusResponse.FromString,
+                _registered_method=True)
+        self.CancelResumableWrite = channel.unary_unary(
+                '/gateway.v1.UploadService/CancelResumableWrite',
+                request_serializer=gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteResponse.FromString,
+                _registered_method=True)
 
 
 class UploadServiceServicer:
@@ -215,6 +230,59 @@ class UploadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartResumableWrite(self, request, context):
+        """Begins a resumable write: creates the object's multipart upload and answers a write token.
+        The token, not the gateway, holds the write's state: any gateway replica that shares the
+        token keys (GATEWAY_WRITE_TOKEN_KEYS_FILE) continues it, with a WriteObject stream that begins
+        with `resume` instead of `spec`. A failed or cancelled stream of a resumable write commits its
+        finished parts and aborts nothing: the caller asks QueryWriteStatus how much is persisted and
+        resumes from there. The write ends with `finish`, CancelResumableWrite, or its token's expiry
+        (GATEWAY_WRITE_TOKEN_TTL, 7 days by default), after which the token is refused and the
+        upload is left for reap-uploads (--older-than) to abort.
+
+        Resumable writes need a CRC object checksum (CRC64NVME, the default, CRC32 or CRC32C, either
+        type): the gateway verifies the whole object at `finish` by combining the CRCs of parts that
+        went through different replicas.
+
+        Status codes: INVALID_ARGUMENT for a malformed spec or a checksum algorithm that is not a CRC;
+        UNIMPLEMENTED (reason RESUMABLE_WRITES_DISABLED) when the gateway has no token keys;
+        UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and UNAUTHENTICATED,
+        PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED and INTERNAL as
+        described for the service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryWriteStatus(self, request, context):
+        """How much of a resumable write is persisted: the contiguous bytes from the start of the object
+        that S3 holds as committed parts the gateway can vouch for, and an updated token. Once the
+        write was finished, the written object instead. Costs one ListParts per 1,000 parts.
+
+        Status codes: INVALID_ARGUMENT (reason WRITE_TOKEN_INVALID) for a token that was not issued by
+        a gateway sharing the keys or was changed; FAILED_PRECONDITION (WRITE_TOKEN_EXPIRED) after
+        its expiry; PERMISSION_DENIED (WRITE_TOKEN_PRINCIPAL) for a token another caller started;
+        NOT_FOUND (NO_SUCH_UPLOAD) when the write was cancelled or expired and no object it wrote is
+        there; UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed transiently (retry); and
+        UNAUTHENTICATED, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the
+        service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelResumableWrite(self, request, context):
+        """Ends a resumable write without an object: aborts its multipart upload. Idempotent: a write
+        already cancelled answers OK.
+
+        Status codes: INVALID_ARGUMENT, FAILED_PRECONDITION and PERMISSION_DENIED for the token, as for
+        QueryWriteStatus; UNAVAILABLE and DEADLINE_EXCEEDED (retry); and UNAUTHENTICATED, NOT_FOUND,
+        ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UploadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +325,21 @@ def add_UploadServiceServicer_to_server(servicer, server):
                     servicer.WriteObject,
                     request_deserializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.SerializeToString,
+            ),
+            'StartResumableWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartResumableWrite,
+                    request_deserializer=gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteResponse.SerializeToString,
+            ),
+            'QueryWriteStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryWriteStatus,
+                    request_deserializer=gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusResponse.SerializeToString,
+            ),
+            'CancelResumableWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelResumableWrite,
+                    request_deserializer=gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +560,87 @@ class UploadService:
             '/gateway.v1.UploadService/WriteObject',
             gateway_dot_v1_dot_upload__service__pb2.WriteObjectRequest.SerializeToString,
             gateway_dot_v1_dot_upload__service__pb2.WriteObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartResumableWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.UploadService/StartResumableWrite',
+            gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteRequest.SerializeToString,
+            gateway_dot_v1_dot_upload__service__pb2.StartResumableWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryWriteStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.UploadService/QueryWriteStatus',
+            gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusRequest.SerializeToString,
+            gateway_dot_v1_dot_upload__service__pb2.QueryWriteStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelResumableWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.UploadService/CancelResumableWrite',
+            gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteRequest.SerializeToString,
+            gateway_dot_v1_dot_upload__service__pb2.CancelResumableWriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

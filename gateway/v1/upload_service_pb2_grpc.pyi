@@ -162,6 +162,47 @@ class UploadServiceStub:
     UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
     service.
     """
+    StartResumableWrite: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.StartResumableWriteRequest, _upload_service_pb2.StartResumableWriteResponse]
+    """Begins a resumable write: creates the object's multipart upload and answers a write token.
+    The token, not the gateway, holds the write's state: any gateway replica that shares the
+    token keys (GATEWAY_WRITE_TOKEN_KEYS_FILE) continues it, with a WriteObject stream that begins
+    with `resume` instead of `spec`. A failed or cancelled stream of a resumable write commits its
+    finished parts and aborts nothing: the caller asks QueryWriteStatus how much is persisted and
+    resumes from there. The write ends with `finish`, CancelResumableWrite, or its token's expiry
+    (GATEWAY_WRITE_TOKEN_TTL, 7 days by default), after which the token is refused and the
+    upload is left for reap-uploads (--older-than) to abort.
+
+    Resumable writes need a CRC object checksum (CRC64NVME, the default, CRC32 or CRC32C, either
+    type): the gateway verifies the whole object at `finish` by combining the CRCs of parts that
+    went through different replicas.
+
+    Status codes: INVALID_ARGUMENT for a malformed spec or a checksum algorithm that is not a CRC;
+    UNIMPLEMENTED (reason RESUMABLE_WRITES_DISABLED) when the gateway has no token keys;
+    UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and UNAUTHENTICATED,
+    PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED and INTERNAL as
+    described for the service.
+    """
+    QueryWriteStatus: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.QueryWriteStatusRequest, _upload_service_pb2.QueryWriteStatusResponse]
+    """How much of a resumable write is persisted: the contiguous bytes from the start of the object
+    that S3 holds as committed parts the gateway can vouch for, and an updated token. Once the
+    write was finished, the written object instead. Costs one ListParts per 1,000 parts.
+
+    Status codes: INVALID_ARGUMENT (reason WRITE_TOKEN_INVALID) for a token that was not issued by
+    a gateway sharing the keys or was changed; FAILED_PRECONDITION (WRITE_TOKEN_EXPIRED) after
+    its expiry; PERMISSION_DENIED (WRITE_TOKEN_PRINCIPAL) for a token another caller started;
+    NOT_FOUND (NO_SUCH_UPLOAD) when the write was cancelled or expired and no object it wrote is
+    there; UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed transiently (retry); and
+    UNAUTHENTICATED, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the
+    service.
+    """
+    CancelResumableWrite: _grpc.UnaryUnaryMultiCallable[_upload_service_pb2.CancelResumableWriteRequest, _upload_service_pb2.CancelResumableWriteResponse]
+    """Ends a resumable write without an object: aborts its multipart upload. Idempotent: a write
+    already cancelled answers OK.
+
+    Status codes: INVALID_ARGUMENT, FAILED_PRECONDITION and PERMISSION_DENIED for the token, as for
+    QueryWriteStatus; UNAVAILABLE and DEADLINE_EXCEEDED (retry); and UNAUTHENTICATED, NOT_FOUND,
+    ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
+    """
 
 @_typing.type_check_only
 class UploadServiceAsyncStub(UploadServiceStub):
@@ -269,6 +310,47 @@ class UploadServiceAsyncStub(UploadServiceStub):
     deadline passed (write the object again); CANCELLED when the caller cancelled; and
     UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
     service.
+    """
+    StartResumableWrite: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.StartResumableWriteRequest, _upload_service_pb2.StartResumableWriteResponse]  # type: ignore[assignment]
+    """Begins a resumable write: creates the object's multipart upload and answers a write token.
+    The token, not the gateway, holds the write's state: any gateway replica that shares the
+    token keys (GATEWAY_WRITE_TOKEN_KEYS_FILE) continues it, with a WriteObject stream that begins
+    with `resume` instead of `spec`. A failed or cancelled stream of a resumable write commits its
+    finished parts and aborts nothing: the caller asks QueryWriteStatus how much is persisted and
+    resumes from there. The write ends with `finish`, CancelResumableWrite, or its token's expiry
+    (GATEWAY_WRITE_TOKEN_TTL, 7 days by default), after which the token is refused and the
+    upload is left for reap-uploads (--older-than) to abort.
+
+    Resumable writes need a CRC object checksum (CRC64NVME, the default, CRC32 or CRC32C, either
+    type): the gateway verifies the whole object at `finish` by combining the CRCs of parts that
+    went through different replicas.
+
+    Status codes: INVALID_ARGUMENT for a malformed spec or a checksum algorithm that is not a CRC;
+    UNIMPLEMENTED (reason RESUMABLE_WRITES_DISABLED) when the gateway has no token keys;
+    UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and UNAUTHENTICATED,
+    PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED and INTERNAL as
+    described for the service.
+    """
+    QueryWriteStatus: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.QueryWriteStatusRequest, _upload_service_pb2.QueryWriteStatusResponse]  # type: ignore[assignment]
+    """How much of a resumable write is persisted: the contiguous bytes from the start of the object
+    that S3 holds as committed parts the gateway can vouch for, and an updated token. Once the
+    write was finished, the written object instead. Costs one ListParts per 1,000 parts.
+
+    Status codes: INVALID_ARGUMENT (reason WRITE_TOKEN_INVALID) for a token that was not issued by
+    a gateway sharing the keys or was changed; FAILED_PRECONDITION (WRITE_TOKEN_EXPIRED) after
+    its expiry; PERMISSION_DENIED (WRITE_TOKEN_PRINCIPAL) for a token another caller started;
+    NOT_FOUND (NO_SUCH_UPLOAD) when the write was cancelled or expired and no object it wrote is
+    there; UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed transiently (retry); and
+    UNAUTHENTICATED, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the
+    service.
+    """
+    CancelResumableWrite: _aio.UnaryUnaryMultiCallable[_upload_service_pb2.CancelResumableWriteRequest, _upload_service_pb2.CancelResumableWriteResponse]  # type: ignore[assignment]
+    """Ends a resumable write without an object: aborts its multipart upload. Idempotent: a write
+    already cancelled answers OK.
+
+    Status codes: INVALID_ARGUMENT, FAILED_PRECONDITION and PERMISSION_DENIED for the token, as for
+    QueryWriteStatus; UNAVAILABLE and DEADLINE_EXCEEDED (retry); and UNAUTHENTICATED, NOT_FOUND,
+    ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
     """
 
 class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -422,6 +504,65 @@ class UploadServiceServicer(metaclass=_abc_1.ABCMeta):
         deadline passed (write the object again); CANCELLED when the caller cancelled; and
         UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED and INTERNAL as described for the
         service.
+        """
+
+    @_abc_1.abstractmethod
+    def StartResumableWrite(
+        self,
+        request: _upload_service_pb2.StartResumableWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_upload_service_pb2.StartResumableWriteResponse, _abc.Awaitable[_upload_service_pb2.StartResumableWriteResponse]]:
+        """Begins a resumable write: creates the object's multipart upload and answers a write token.
+        The token, not the gateway, holds the write's state: any gateway replica that shares the
+        token keys (GATEWAY_WRITE_TOKEN_KEYS_FILE) continues it, with a WriteObject stream that begins
+        with `resume` instead of `spec`. A failed or cancelled stream of a resumable write commits its
+        finished parts and aborts nothing: the caller asks QueryWriteStatus how much is persisted and
+        resumes from there. The write ends with `finish`, CancelResumableWrite, or its token's expiry
+        (GATEWAY_WRITE_TOKEN_TTL, 7 days by default), after which the token is refused and the
+        upload is left for reap-uploads (--older-than) to abort.
+
+        Resumable writes need a CRC object checksum (CRC64NVME, the default, CRC32 or CRC32C, either
+        type): the gateway verifies the whole object at `finish` by combining the CRCs of parts that
+        went through different replicas.
+
+        Status codes: INVALID_ARGUMENT for a malformed spec or a checksum algorithm that is not a CRC;
+        UNIMPLEMENTED (reason RESUMABLE_WRITES_DISABLED) when the gateway has no token keys;
+        UNAVAILABLE and DEADLINE_EXCEEDED (retry with backoff); and UNAUTHENTICATED,
+        PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, ABORTED, RESOURCE_EXHAUSTED and INTERNAL as
+        described for the service.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryWriteStatus(
+        self,
+        request: _upload_service_pb2.QueryWriteStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_upload_service_pb2.QueryWriteStatusResponse, _abc.Awaitable[_upload_service_pb2.QueryWriteStatusResponse]]:
+        """How much of a resumable write is persisted: the contiguous bytes from the start of the object
+        that S3 holds as committed parts the gateway can vouch for, and an updated token. Once the
+        write was finished, the written object instead. Costs one ListParts per 1,000 parts.
+
+        Status codes: INVALID_ARGUMENT (reason WRITE_TOKEN_INVALID) for a token that was not issued by
+        a gateway sharing the keys or was changed; FAILED_PRECONDITION (WRITE_TOKEN_EXPIRED) after
+        its expiry; PERMISSION_DENIED (WRITE_TOKEN_PRINCIPAL) for a token another caller started;
+        NOT_FOUND (NO_SUCH_UPLOAD) when the write was cancelled or expired and no object it wrote is
+        there; UNAVAILABLE and DEADLINE_EXCEEDED when S3 failed transiently (retry); and
+        UNAUTHENTICATED, ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the
+        service.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelResumableWrite(
+        self,
+        request: _upload_service_pb2.CancelResumableWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_upload_service_pb2.CancelResumableWriteResponse, _abc.Awaitable[_upload_service_pb2.CancelResumableWriteResponse]]:
+        """Ends a resumable write without an object: aborts its multipart upload. Idempotent: a write
+        already cancelled answers OK.
+
+        Status codes: INVALID_ARGUMENT, FAILED_PRECONDITION and PERMISSION_DENIED for the token, as for
+        QueryWriteStatus; UNAVAILABLE and DEADLINE_EXCEEDED (retry); and UNAUTHENTICATED, NOT_FOUND,
+        ABORTED, RESOURCE_EXHAUSTED, UNIMPLEMENTED and INTERNAL as described for the service.
         """
 
 def add_UploadServiceServicer_to_server(servicer: UploadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
