@@ -56,6 +56,7 @@ CHART_OWNED_SECURITY = {
     "GATEWAY_HEALTH_ADDRESS",
     "GATEWAY_AUTH_TOKENS_FILE",
     "GATEWAY_POLICY_FILE",
+    "GATEWAY_WRITE_TOKEN_KEYS_FILE",
 }
 #: Each file variable and the volume that carries its file.
 SECURITY_FILES = {

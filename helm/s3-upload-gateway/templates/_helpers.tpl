@@ -155,6 +155,7 @@ CA, its client certificate and its bearer token).
 {{- define "s3-upload-gateway.clientCADir" -}}/etc/s3-upload-gateway/client-ca{{- end }}
 {{- define "s3-upload-gateway.tokensDir" -}}/etc/s3-upload-gateway/tokens{{- end }}
 {{- define "s3-upload-gateway.policyDir" -}}/etc/s3-upload-gateway/policy{{- end }}
+{{- define "s3-upload-gateway.writeKeysDir" -}}/etc/s3-upload-gateway/write-keys{{- end }}
 {{- define "s3-upload-gateway.reaperCADir" -}}/etc/s3-upload-gateway/ca{{- end }}
 {{- define "s3-upload-gateway.reaperClientCertDir" -}}/etc/s3-upload-gateway/client-cert{{- end }}
 {{- define "s3-upload-gateway.reaperTokenDir" -}}/etc/s3-upload-gateway/token{{- end }}
@@ -276,6 +277,9 @@ the chart owns even when it leaves it unset: those come from tls, auth, authoriz
 {{- with .Values.auth.tokens.existingSecret }}
 {{- $env = append $env (dict "name" "GATEWAY_AUTH_TOKENS_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.tokensDir" $) $.Values.auth.tokens.key)) }}
 {{- end }}
+{{- with .Values.resumableWrites.keys.existingSecret }}
+{{- $env = append $env (dict "name" "GATEWAY_WRITE_TOKEN_KEYS_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.writeKeysDir" $) $.Values.resumableWrites.keys.key)) }}
+{{- end }}
 {{- if include "s3-upload-gateway.policyConfigMap" . }}
 {{- $env = append $env (dict "name" "GATEWAY_POLICY_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.policyDir" .) .Values.authorization.key)) }}
 {{- end }}
@@ -286,7 +290,7 @@ the chart owns even when it leaves it unset: those come from tls, auth, authoriz
 {{- $env = append $env (dict "name" $name "value" (include "s3-upload-gateway.settingText" $value)) }}
 {{- end }}
 {{- end }}
-{{- $reserved := list "GATEWAY_TLS_CERT_FILE" "GATEWAY_TLS_KEY_FILE" "GATEWAY_TLS_CLIENT_CA_FILE" "GATEWAY_HEALTH_ADDRESS" "GATEWAY_AUTH_TOKENS_FILE" "GATEWAY_POLICY_FILE" }}
+{{- $reserved := list "GATEWAY_TLS_CERT_FILE" "GATEWAY_TLS_KEY_FILE" "GATEWAY_TLS_CLIENT_CA_FILE" "GATEWAY_HEALTH_ADDRESS" "GATEWAY_AUTH_TOKENS_FILE" "GATEWAY_POLICY_FILE" "GATEWAY_WRITE_TOKEN_KEYS_FILE" }}
 {{- range $env }}
 {{- $reserved = append $reserved .name }}
 {{- end }}
