@@ -175,6 +175,47 @@ class GatewayClient:
     ) -> pb.ListMultipartUploadsResponse:
         return await rpc(self._stub.ListMultipartUploads(request, timeout=self.timeout))
 
+    async def start_resumable_write(
+        self, request: pb.StartResumableWriteRequest
+    ) -> pb.StartResumableWriteResponse:
+        return await rpc(self._stub.StartResumableWrite(request, timeout=self.timeout))
+
+    async def query_write_status(
+        self, request: pb.QueryWriteStatusRequest
+    ) -> pb.QueryWriteStatusResponse:
+        return await rpc(self._stub.QueryWriteStatus(request, timeout=self.timeout))
+
+    async def cancel_resumable_write(
+        self, request: pb.CancelResumableWriteRequest
+    ) -> pb.CancelResumableWriteResponse:
+        return await rpc(self._stub.CancelResumableWrite(request, timeout=self.timeout))
+
+    async def resume_write(
+        self,
+        resume: pb.ResumeWrite,
+        body: bytes | AsyncIterable[bytes],
+        algorithm: checksums.Algorithm,
+        prefix_crc: bytes,
+        *,
+        on_sent: Callable[[int], None] | None = None,
+        on_persisted: Callable[[int], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> pb.WrittenObject:
+        """One WriteObject stream that continues a resumable write at ``resume.write_offset``:
+        the body is the object's bytes from there, and the finish carries the CRC of the whole
+        object, from ``prefix_crc`` (the CRC, of the write's ``algorithm``, of the bytes before
+        the offset) and those of the body. ``on_token`` gets each newer token."""
+        first = pb.WriteObjectRequest(resume=resume)
+        return await self._write_stream(
+            first,
+            body,
+            algorithm,
+            (prefix_crc, resume.write_offset),
+            on_sent=on_sent,
+            on_persisted=on_persisted,
+            on_token=on_token,
+        )
+
     async def write(
         self,
         spec: pb.WriteObjectSpec,
@@ -192,23 +233,43 @@ class GatewayClient:
         client has a ``timeout``: an object takes as long as its bytes."""
         if spec.object.checksum_algorithm not in checksums.BY_PROTO:
             raise ValueError("spec.object.checksum_algorithm must name the object's algorithm")
+        algorithm = checksums.BY_PROTO[spec.object.checksum_algorithm]
+        first = pb.WriteObjectRequest(spec=spec)
+        return await self._write_stream(
+            first, body, algorithm, None, on_sent=on_sent, on_persisted=on_persisted
+        )
+
+    async def _write_stream(
+        self,
+        first: pb.WriteObjectRequest,
+        body: bytes | AsyncIterable[bytes],
+        algorithm: checksums.Algorithm,
+        prefix: tuple[bytes, int] | None,
+        *,
+        on_sent: Callable[[int], None] | None = None,
+        on_persisted: Callable[[int], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> pb.WrittenObject:
         call = self._stub.WriteObject(None, timeout=self.timeout)
         written: list[pb.WrittenObject] = []
 
         async def read() -> None:
             async for response in call:
-                if response.HasField("progress") and on_persisted is not None:
-                    on_persisted(response.progress.persisted_size)
+                if response.HasField("progress"):
+                    if on_persisted is not None:
+                        on_persisted(response.progress.persisted_size)
+                    if on_token is not None and response.progress.write_token:
+                        on_token(response.progress.write_token)
                 if response.HasField("object"):
                     written.append(response.object)
 
         reader = asyncio.ensure_future(read())
         try:
-            await _writing.send_object(call, spec, as_chunks(body), on_sent)
+            await _writing.send_object(call, first, as_chunks(body), on_sent, algorithm, prefix)
             await reader
         except grpc.aio.AioRpcError as error:
             failure = GatewayCallError.from_rpc_error(error)
-            raise await self._explain_write(failure, spec) from None
+            raise await self._explain_write(failure, first) from None
         except BaseException:
             call.cancel()
             raise
@@ -218,14 +279,16 @@ class GatewayClient:
             raise GatewayCallError(grpc.StatusCode.INTERNAL, "WriteObject ended without the object")
         return written[-1]
 
-    async def _explain_write(self, error: GatewayCallError, spec: pb.WriteObjectSpec) -> Exception:
-        """:meth:`_explain` for WriteObject: the gateway's answer to the spec alone (a stream
-        that ends without ``finish`` commits nothing), if the spec is what it refused."""
+    async def _explain_write(
+        self, error: GatewayCallError, first: pb.WriteObjectRequest
+    ) -> Exception:
+        """:meth:`_explain` for WriteObject: the gateway's answer to the first message alone (a
+        stream that ends without ``finish`` commits nothing), if that is what it refused."""
         if not error.is_core_internal:
             return error
         probe = self._stub.WriteObject(None, timeout=self.timeout)
         try:
-            if await _writing.send_spec(probe, spec):
+            if await _writing.send_first(probe, first):
                 await probe.done_writing()
             async for _ in probe:
                 pass
@@ -248,6 +311,7 @@ class GatewayClient:
         size: int | None = None,
         options: UploadOptions | None = None,
         progress: ProgressCallback | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> UploadResult:
         """Write one object in one WriteObject stream: the gateway cuts the parts, uploads
         them in parallel, checks the whole object's checksum (computed here while sending) and
@@ -255,8 +319,15 @@ class GatewayClient:
 
         ``source`` is a path, bytes, a binary file object or an async iterable of byte chunks;
         ``size``, when known (a path's and bytes' is), lets the gateway size the parts of a large
-        object and is checked. A path or bytes is written again on a retryable failure."""
-        return await _writing.write_object(self, bucket, key, source, size, options, progress)
+        object and is checked. A path or bytes is written again on a retryable failure.
+
+        With ``options.resumable`` (or ``options.resume_token``) the write is resumable: after a
+        retryable failure it continues from the bytes S3 holds, through any gateway replica;
+        ``on_token`` gets the write's token, and each newer one (keep the last to resume it from
+        another process)."""
+        return await _writing.write_object(
+            self, bucket, key, source, size, options, progress, on_token
+        )
 
     async def upload_file(
         self,

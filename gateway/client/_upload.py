@@ -93,8 +93,16 @@ class UploadOptions:
     #: Write only if the key holds no object (``If-None-Match: *``): a retry after a lost answer
     #: cannot overwrite the object a first attempt wrote.
     if_none_match: bool = False
+    #: A resumable write (StartResumableWrite): a failed stream is continued from the bytes
+    #: S3 holds, on any replica, instead of written again from the start. Needs a source that
+    #: can be read again (a path, bytes).
+    resumable: bool = False
+    #: Continue this resumable write (a token StartResumableWrite or a progress gave) instead of
+    #: starting one; the source must be the same bytes.
+    resume_token: str = ""
     #: Attempts per part (and for Complete) on retryable errors; with WriteObject, attempts at
-    #: the whole stream when the source can be read again (a file, bytes).
+    #: the whole stream when the source can be read again (a file, bytes); with ``resumable``,
+    #: failed streams in a row that persisted nothing new.
     max_attempts: int = 5
     initial_backoff: float = 0.2
     max_backoff: float = 10.0

@@ -10,10 +10,11 @@ nothing). Any other source is read once, so its first failure is final.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -30,6 +31,8 @@ from gateway.v1 import upload_service_pb2 as pb
 
 if TYPE_CHECKING:
     from gateway.client._calls import GatewayClient
+
+T = TypeVar("T")
 
 #: What :meth:`GatewayClient.write_object` takes: a file (by path), bytes, a binary file object
 #: or an async iterable of byte chunks.
@@ -68,16 +71,28 @@ class _Reopenable:
     data: bytes | None
     size: int
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self, offset: int = 0) -> AsyncIterator[bytes]:
+        """The bytes from ``offset`` on."""
         if self.path is not None:
-            return FilePart(self.path, 1, 0, self.size).chunks()
+            return FilePart(self.path, 1, offset, self.size - offset).chunks()
         assert self.data is not None
-        return _memory_chunks(self.data)
+        return _memory_chunks(self.data, offset)
+
+    async def crc(self, algorithm: checksums.Algorithm, length: int) -> bytes:
+        """The checksum of the first ``length`` bytes (read again: a resume's prefix)."""
+        hasher = algorithm.new()
+        async for chunk in (
+            FilePart(self.path, 1, 0, length).chunks()
+            if self.path
+            else (_memory_chunks(self.data[:length] if self.data is not None else b""))
+        ):
+            hasher.update(chunk)
+        return hasher.digest()
 
 
-async def _memory_chunks(data: bytes) -> AsyncIterator[bytes]:
+async def _memory_chunks(data: bytes, offset: int = 0) -> AsyncIterator[bytes]:
     view = memoryview(data)
-    for start in range(0, len(view), CHUNK_SIZE):
+    for start in range(offset, len(view), CHUNK_SIZE):
         yield bytes(view[start : start + CHUNK_SIZE])
 
 
@@ -95,6 +110,7 @@ async def write_object(
     size: int | None,
     options: UploadOptions | None,
     progress: ProgressCallback | None,
+    on_token: Callable[[str], None] | None = None,
 ) -> UploadResult:
     """:meth:`GatewayClient.write_object`."""
     options = options or UploadOptions()
@@ -110,6 +126,14 @@ async def write_object(
             raise ValueError(f"the source holds {reopenable.size} bytes, not the {size} announced")
         size = reopenable.size
     spec = write_spec(bucket, key, options, size)
+    if options.resumable or options.resume_token:
+        if reopenable is None:
+            raise ValueError(
+                "a resumable write needs a source that can be read again: a path or bytes"
+            )
+        return await _write_resumable(
+            client, spec, reopenable, algorithm, options, progress, on_token
+        )
     attempts = options.max_attempts if reopenable is not None else 1
     for attempt in range(1, attempts + 1):
         sent = _Counter(size, progress)
@@ -126,11 +150,92 @@ async def write_object(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def _write_resumable(
+    client: GatewayClient,
+    spec: pb.WriteObjectSpec,
+    source: _Reopenable,
+    algorithm: checksums.Algorithm,
+    options: UploadOptions,
+    progress: ProgressCallback | None,
+    on_token: Callable[[str], None] | None,
+) -> UploadResult:
+    """A resumable write of ``source``: started (or, with ``options.resume_token``, continued),
+    then streamed; after a retryable failure, asked where it stands (QueryWriteStatus) and
+    continued from the persisted size, with backoff, until ``options.max_attempts`` streams in a
+    row persisted nothing new."""
+    sse_key = spec.object.sse_customer_key
+    token = options.resume_token
+    offset: int | None = None
+    if not token:
+        request = pb.StartResumableWriteRequest(spec=spec)
+        started = await _retrying(options, functools.partial(client.start_resumable_write, request))
+        token, offset = started.write_token, 0
+    latest = [token]
+
+    def keep(newer: str) -> None:
+        latest[0] = newer
+        if on_token is not None:
+            on_token(newer)
+
+    keep(token)
+    failures = 0
+    while True:
+        if offset is None:
+            query = pb.QueryWriteStatusRequest(write_token=latest[0], sse_customer_key=sse_key)
+            status = await _retrying(options, functools.partial(client.query_write_status, query))
+            if status.HasField("object"):
+                return _result(status.object, algorithm)
+            offset = status.persisted_size
+            if status.write_token:
+                keep(status.write_token)
+        if offset > source.size:
+            raise ValueError(f"the write holds {offset} bytes; the source only {source.size}")
+        prefix = await source.crc(algorithm, offset)
+        sent = _Counter(source.size, progress, start=offset)
+        before = latest[0]
+        resume = pb.ResumeWrite(
+            write_token=latest[0], write_offset=offset, sse_customer_key=sse_key
+        )
+        try:
+            written = await client.resume_write(
+                resume, source.chunks(offset), algorithm, prefix, on_sent=sent.add, on_token=keep
+            )
+        except GatewayCallError as error:
+            info = error.error_info
+            if error.reason == "WRITE_OFFSET_MISMATCH" and info is not None:
+                offset = int(info.metadata["persistedSize"])
+                keep(info.metadata.get("writeToken") or latest[0])
+                continue
+            if not error.retryable:
+                raise
+            failures = 0 if latest[0] != before else failures + 1
+            if failures >= options.max_attempts:
+                raise
+            await asyncio.sleep(options.backoff(max(failures, 1), error))
+            offset = None
+        else:
+            return _result(written, algorithm)
+
+
+async def _retrying(options: UploadOptions, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again after a retryable failure, up to ``options.max_attempts`` times."""
+    for attempt in range(1, options.max_attempts + 1):
+        try:
+            return await call()
+        except GatewayCallError as error:
+            if not error.retryable or attempt == options.max_attempts:
+                raise
+            await asyncio.sleep(options.backoff(attempt, error))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _Counter:
     """Bytes sent by one attempt, reported as progress (taken back if the attempt fails)."""
 
-    def __init__(self, total: int | None, callback: ProgressCallback | None) -> None:
-        self.total, self.count, self._callback = total, 0, callback
+    def __init__(
+        self, total: int | None, callback: ProgressCallback | None, start: int = 0
+    ) -> None:
+        self.total, self.count, self._callback = total, start, callback
 
     def add(self, count: int) -> None:
         self.count += count
@@ -170,37 +275,51 @@ def _result(written: pb.WrittenObject, algorithm: checksums.Algorithm) -> Upload
 
 async def send_object(
     call: grpc.aio.StreamStreamCall[pb.WriteObjectRequest, pb.WriteObjectResponse],
-    spec: pb.WriteObjectSpec,
+    first: pb.WriteObjectRequest,
     chunks: AsyncIterable[bytes],
     on_sent: Callable[[int], None] | None,
+    algorithm: checksums.Algorithm,
+    prefix: tuple[bytes, int] | None = None,
 ) -> bool:
-    """Write the spec, the data (each message with its CRC32C) and the finish with the whole
-    object's checksum of the spec's algorithm, computed while sending. False when the gateway
-    ended the call before everything was written (reading the call gives its status)."""
-    algorithm = checksums.BY_PROTO[spec.object.checksum_algorithm]
+    """Write the first message (spec or resume), the data (each message with its CRC32C) and
+    the finish with the whole object's checksum of ``algorithm``, computed while sending (and
+    combined with ``prefix``, the CRC and length of the bytes before the data, for a resumed
+    write). False when the gateway ended the call before everything was written (reading the
+    call gives its status)."""
     hasher = algorithm.new()
-    if not await _write(call, pb.WriteObjectRequest(spec=spec)):
+    sent = 0
+    if not await _write(call, first):
         return False
-    async for chunk in chunks:
-        hasher.update(chunk)
-        data = pb.ChecksummedData(content=chunk, crc32c=checksums.crc32c(chunk))
-        if not await _write(call, pb.WriteObjectRequest(data=data)):
-            return False
-        if on_sent is not None:
-            on_sent(len(chunk))
-    finish = pb.FinishWrite(**{algorithm.field: checksums.encode(hasher.digest())})
+    try:
+        async for chunk in chunks:
+            hasher.update(chunk)
+            sent += len(chunk)
+            data = pb.ChecksummedData(content=chunk, crc32c=checksums.crc32c(chunk))
+            if not await _write(call, pb.WriteObjectRequest(data=data)):
+                return False
+            if on_sent is not None:
+                on_sent(len(chunk))
+    finally:
+        # A source left half-read (the call failed) closes now, its file with it.
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+    digest = hasher.digest()
+    if prefix is not None:
+        digest = checksums.combine(algorithm, prefix[0], digest, sent)
+    finish = pb.FinishWrite(**{algorithm.field: checksums.encode(digest)})
     if not await _write(call, pb.WriteObjectRequest(finish=finish)):
         return False
     await call.done_writing()
     return True
 
 
-async def send_spec(
+async def send_first(
     call: grpc.aio.StreamStreamCall[pb.WriteObjectRequest, pb.WriteObjectResponse],
-    spec: pb.WriteObjectSpec,
+    first: pb.WriteObjectRequest,
 ) -> bool:
-    """Write the spec alone (a probe: without ``finish`` nothing can be committed)."""
-    return await _write(call, pb.WriteObjectRequest(spec=spec))
+    """Write the first message alone (a probe: without ``finish`` nothing can be committed)."""
+    return await _write(call, first)
 
 
 async def _write(
