@@ -4,6 +4,7 @@ end to end as subprocesses."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -13,10 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import grpc
 import pytest
 
 from gateway import checksums
@@ -437,3 +439,89 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def test_a_resumable_upload_prints_its_token(
+    gateway_address: str, moto_s3: Any, moto_bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(6 * MiB)
+    path = tmp_path / "resumable.bin"
+    path.write_bytes(data)
+    result = gateway_cli(
+        "upload", str(path), f"s3://{moto_bucket}/resumable.bin", "--resumable",
+        endpoint=gateway_address,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("s3-upload-gateway upload: resumable write: gw1.")
+    assert json.loads(result.stdout)["Size"] == len(data)
+    body = moto_s3.get_object(Bucket=moto_bucket, Key="resumable.bin")["Body"].read()
+    assert body == data
+
+
+def test_upload_resume_continues_a_write_from_its_token(
+    gateway_address: str, moto_s3: Any, moto_bucket: str, tmp_path: Path
+) -> None:
+    """A write cut off after its first part (its token in hand) is finished by ``upload --resume
+    TOKEN FILE``: from the persisted size, the destination from the token."""
+    data = os.urandom(2 * 8 * MiB + 123)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(data)
+    token = asyncio.run(_cut_off_write(gateway_address, moto_bucket, "cut.bin", data))
+    result = gateway_cli("upload", "--resume", token, str(path), endpoint=gateway_address)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert (output["Key"], output["Size"]) == ("cut.bin", len(data))
+    body = moto_s3.get_object(Bucket=moto_bucket, Key="cut.bin")["Body"].read()
+    assert body == data
+    assert _uploads(moto_s3, moto_bucket) == []
+
+
+async def _cut_off_write(address: str, bucket: str, key: str, data: bytes) -> str:
+    """Start a resumable write of ``data``, stream it until a part is persisted, cancel; the
+    latest token."""
+    from gateway.v1 import upload_service_pb2 as pb
+    from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        spec = pb.WriteObjectSpec(
+            object=pb.CreateMultipartUploadRequest(bucket=bucket, key=key), object_size=len(data)
+        )
+        started = await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
+        held = asyncio.Event()
+
+        async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+            resume = pb.ResumeWrite(write_token=started.write_token, write_offset=0)
+            yield pb.WriteObjectRequest(resume=resume)
+            for offset in range(0, len(data) - MiB, MiB):
+                content = data[offset : offset + MiB]
+                yield pb.WriteObjectRequest(data=pb.ChecksummedData(content=content))
+            await held.wait()
+
+        call = stub.WriteObject(messages())
+        token = started.write_token
+        async for response in call:
+            if response.progress.write_token:
+                token = response.progress.write_token
+                break
+        call.cancel()
+        return str(token)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["{file}", "s3://b/k", "--resume", "gw1.x.y"], "give FILE alone"),
+        (["{file}"], "the destination s3://BUCKET/KEY is required"),
+        (["-", "s3://b/k", "--resumable"], "needs a FILE (not stdin)"),
+        (["{file}", "s3://b/k", "--resumable", "--client-parts"], "no --client-parts"),
+    ],
+)
+def test_resumable_usage_errors(tmp_path: Path, arguments: list[str], message: str) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"x")
+    argv = [a.replace("{file}", str(path)) for a in arguments]
+    result = gateway_cli("upload", *argv, endpoint="127.0.0.1:1")
+    assert result.returncode == 252, result.stderr
+    assert message in result.stderr

@@ -291,6 +291,8 @@ def options_from(args: argparse.Namespace, *, sized_here: bool) -> UploadOptions
         ssekms_key_id=getattr(args, "sse_kms_key_id", ""),
         customer_key=_customer_key(getattr(args, "sse_c", ""), getattr(args, "sse_c_key", "")),
         if_none_match=getattr(args, "if_none_match", False),
+        resumable=getattr(args, "resumable", False),
+        resume_token=getattr(args, "resume", ""),
     )
 
 
@@ -347,7 +349,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "client certificate (--client-cert and --client-key).",
     )
     upload.add_argument("file", metavar="FILE", help="the file to upload, - for stdin")
-    upload.add_argument("destination", metavar="s3://BUCKET/KEY")
+    upload.add_argument(
+        "destination", metavar="s3://BUCKET/KEY", nargs="?", help="(not with --resume)"
+    )
+    upload.add_argument(
+        "--resumable",
+        action="store_true",
+        help="a resumable write: after a failure it continues from the bytes S3 holds, through "
+        "any gateway replica; the write token is printed on stderr, for --resume",
+    )
+    upload.add_argument(
+        "--resume",
+        metavar="TOKEN",
+        default="",
+        help="continue the resumable write of this token with FILE (the same bytes)",
+    )
     _add_upload_options(upload, gateway="with --client-parts only (WriteObject: the gateway's)")
     _add_object_options(upload)
     add_connection_options(upload)
@@ -370,7 +386,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_upload(args: argparse.Namespace) -> int:
     try:
         options = options_from(args, sized_here=False)
-        bucket, key = parse_destination(args.destination)
+        if args.resume and args.destination is not None:
+            raise UsageError("--resume continues a write whose destination its token holds: "
+                             "give FILE alone")  # fmt: skip
+        if not args.resume and args.destination is None:
+            raise UsageError("the destination s3://BUCKET/KEY is required")
+        bucket, key = parse_destination(args.destination) if args.destination else ("", "")
+        if (args.resumable or args.resume) and (args.client_parts or args.file == "-"):
+            raise UsageError("a resumable write needs a FILE (not stdin) and no --client-parts")
         check_input(args.file)
         target = connection(args, None)
     except CommandError as exc:
@@ -378,22 +401,28 @@ def run_upload(args: argparse.Namespace) -> int:
     except OSError as exc:  # the file of --sse-c-key
         return _fail("upload", exc, ExitCode.USAGE)
     progress = ProgressBar(sys.stderr, enabled=False if args.quiet or args.no_progress else None)
+    hint = ResumeHint(args.file, announce=not args.quiet)
     try:
-        result = asyncio.run(_upload(target, args.file, bucket, key, options, progress))
+        result = asyncio.run(_upload(target, args.file, bucket, key, options, progress, hint))
     except Interrupted as exc:
         progress.finish()
         print(f"s3-upload-gateway upload: interrupted: {exc}", file=sys.stderr)
+        hint.tell()
         return ExitCode.INTERRUPTED
     except GatewayCallError as exc:
         progress.finish()
         code = ExitCode.CONNECTION if _unreachable(exc) else ExitCode.SERVICE_ERROR
-        return _fail("upload", _describe(exc, target.endpoint.url), code)
+        failed = _fail("upload", _describe(exc, target.endpoint.url), code)
+        hint.tell()
+        return failed
     except ValueError as exc:  # an option the client refused (the part size for this input…)
         progress.finish()
         return _fail("upload", exc, ExitCode.USAGE)
     except OSError as exc:  # the input could not be read on the way
         progress.finish()
-        return _fail("upload", exc, ExitCode.CONNECTION)
+        failed = _fail("upload", exc, ExitCode.CONNECTION)
+        hint.tell()
+        return failed
     progress.finish()
     if not args.quiet:
         print(json.dumps(result_json(result), indent=4))
@@ -416,6 +445,29 @@ def check_input(file: str) -> None:
         raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
 
 
+class ResumeHint:
+    """The token of a resumable write: printed once when the write starts, and with the command
+    that continues it when the upload ends without the object."""
+
+    def __init__(self, file: str, *, announce: bool) -> None:
+        self.file = file
+        self.token = ""
+        self._announce = announce
+
+    def __call__(self, token: str) -> None:
+        if not self.token and self._announce:
+            print(f"s3-upload-gateway upload: resumable write: {token}", file=sys.stderr)
+        self.token = token
+
+    def tell(self) -> None:
+        if self.token:
+            print(
+                "s3-upload-gateway upload: the write is kept; continue it with: "
+                f"s3-upload-gateway upload --resume {self.token} {self.file}",
+                file=sys.stderr,
+            )
+
+
 class Interrupted(Exception):
     """Ctrl-C ended the upload; the message says what became of its multipart upload."""
 
@@ -431,13 +483,14 @@ async def _upload(
     key: str,
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
+    hint: ResumeHint,
 ) -> UploadResult:
     """Upload, until done or interrupted: the first SIGINT cancels the upload (the client aborts
     the multipart upload it started), a second one stops waiting for that abort."""
     loop = asyncio.get_running_loop()
     client = _TrackedClient(conn.aio_channel())
     async with client:
-        sending = asyncio.create_task(_send(client, file, bucket, key, options, progress))
+        sending = asyncio.create_task(_send(client, file, bucket, key, options, progress, hint))
         interrupts = 0
         hurry = asyncio.Event()
 
@@ -467,7 +520,12 @@ async def _send(
     key: str,
     options: UploadOptions,
     progress: Callable[[int, int | None], None],
+    hint: ResumeHint,
 ) -> UploadResult:
+    if options.resumable or options.resume_token:
+        return await client.write_object(
+            bucket, key, file, options=options, progress=progress, on_token=hint
+        )
     if file != "-" and stat.S_ISREG(os.stat(file).st_mode):
         return await client.upload_file(file, bucket, key, options, progress)
     reader = InputReader(None if file == "-" else file)
@@ -488,6 +546,20 @@ class _TrackedClient(GatewayClient):
         self.abort_error: GatewayCallError | None = None
         #: The object a WriteObject stream was opened for.
         self.writing = ""
+        #: Whether it is a resumable write (its parts stay when the stream ends).
+        self.resumable = False
+
+    async def start_resumable_write(
+        self, request: pb.StartResumableWriteRequest
+    ) -> pb.StartResumableWriteResponse:
+        self.resumable = True
+        return await super().start_resumable_write(request)
+
+    async def query_write_status(
+        self, request: pb.QueryWriteStatusRequest
+    ) -> pb.QueryWriteStatusResponse:
+        self.resumable = True
+        return await super().query_write_status(request)
 
     async def write(
         self,
@@ -539,6 +611,8 @@ class _TrackedClient(GatewayClient):
         if finishing.done() and not finishing.cancelled():
             failure = finishing.exception()  # not a GatewayCallError: those are suppressed
         request, creating = self.request, self._creating
+        if self.resumable:
+            return "the resumable write keeps what S3 holds"
         if (request is None or creating is None) and self.writing:
             # The stream ended without its finish: the gateway aborts what it uploaded.
             return f"nothing was written to {self.writing}"

@@ -166,7 +166,12 @@ async def _write_resumable(
     sse_key = spec.object.sse_customer_key
     token = options.resume_token
     offset: int | None = None
-    if not token:
+    if token:  # the write's own algorithm, whatever the options say
+        query = pb.QueryWriteStatusRequest(write_token=token, sse_customer_key=sse_key)
+        status = await _retrying(options, functools.partial(client.query_write_status, query))
+        if status.HasField("spec"):
+            algorithm = checksums.BY_PROTO.get(status.spec.object.checksum_algorithm, algorithm)
+    else:
         request = pb.StartResumableWriteRequest(spec=spec)
         started = await _retrying(options, functools.partial(client.start_resumable_write, request))
         token, offset = started.write_token, 0

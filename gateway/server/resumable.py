@@ -156,6 +156,10 @@ class Resumable:
         kept = pb.WriteObjectSpec()
         kept.CopyFrom(spec)
         kept.object.sse_customer_key = ""
+        kept.object.checksum_algorithm = pb.ChecksumAlgorithm.ValueType(plan.algorithm.proto_value)
+        kept.object.checksum_type = (
+            pb.CHECKSUM_TYPE_FULL_OBJECT if plan.full_object else pb.CHECKSUM_TYPE_COMPOSITE
+        )
         now = int(time.time())
         token = WriteToken(
             principal=principal_digest(principal.name),
@@ -179,8 +183,13 @@ class Resumable:
         state = await self.state(token, spec, caller)
         if isinstance(state, pb.WrittenObject):
             return pb.QueryWriteStatusResponse(object=state)
+        kept = pb.WriteObjectSpec()
+        kept.CopyFrom(spec)
+        kept.object.sse_customer_key = ""
         return pb.QueryWriteStatusResponse(
-            persisted_size=state.persisted, write_token=self.issue(state.advanced_token())
+            persisted_size=state.persisted,
+            write_token=self.issue(state.advanced_token()),
+            spec=kept,
         )
 
     async def cancel(

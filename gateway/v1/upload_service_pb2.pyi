@@ -2583,6 +2583,7 @@ class QueryWriteStatusResponse(_message.Message):
     PERSISTED_SIZE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
     persisted_size: _builtins.int
     """The bytes persisted from the start of the object: resume from here."""
     write_token: _builtins.str
@@ -2591,16 +2592,24 @@ class QueryWriteStatusResponse(_message.Message):
     def object(self) -> Global___WrittenObject:
         """The written object: the write was finished."""
 
+    @_builtins.property
+    def spec(self) -> Global___WriteObjectSpec:
+        """The write's spec, as StartResumableWrite took it, with the checksum algorithm and type it
+        resolved to and without the SSE-C key: what a client that holds only the token needs to
+        continue (empty once the object is written).
+        """
+
     def __init__(
         self,
         *,
         persisted_size: _builtins.int = ...,
         object: Global___WrittenObject | None = ...,
         write_token: _builtins.str = ...,
+        spec: Global___WriteObjectSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "status", b"status", "write_token", b"write_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "persisted_size", b"persisted_size", "spec", b"spec", "status", b"status", "write_token", b"write_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_status: _TypeAlias = _typing.Literal["persisted_size", "object"]  # noqa: Y015
     _WhichOneofArgType_status: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
