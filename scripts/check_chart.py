@@ -116,6 +116,7 @@ METRICS = frozenset(
         "s3gateway_checksum_mismatches_total",
         "s3gateway_inflight_streams",
         "s3gateway_write_parts_in_flight",
+        "s3gateway_resumable_writes_total",
         "s3gateway_auth_failures_total",
         "s3gateway_policy_denials_total",
         "s3gateway_admission_rejections_total",

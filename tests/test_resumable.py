@@ -26,6 +26,7 @@ from tests.helpers import (
     bearer,
     crc64,
     error_info,
+    metric,
     wait_for_async,
     write_refused,
     write_spec,
@@ -113,7 +114,7 @@ async def _finish(
 
 
 async def test_a_write_cut_off_resumes_from_the_persisted_size(
-    stub: Stub, new_bucket: str, s3: S3Reader
+    gateway: GatewayThread, stub: Stub, new_bucket: str, s3: S3Reader
 ) -> None:
     data = os.urandom(3 * PART + 1234)
     token = await _start(stub, new_bucket, "resumed.bin", object_size=len(data))
@@ -129,6 +130,11 @@ async def test_a_write_cut_off_resumes_from_the_persisted_size(
     assert (written.size, written.parts) == (len(data), 4)
     assert written.computed_checksums["CRC64NVME"] == crc64(data)
     assert s3.uploads(new_bucket) == []
+    events = {
+        event: metric(gateway, "s3gateway_resumable_writes_total", event=event)
+        for event in ("started", "resumed", "completed", "cancelled")
+    }
+    assert events == {"started": 1, "resumed": 1, "completed": 1, "cancelled": 0}
 
 
 async def test_a_wrong_offset_is_refused_with_the_persisted_size(
@@ -176,12 +182,15 @@ async def test_a_small_resumable_write_is_one_put(
     await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the unneeded upload aborted")
 
 
-async def test_cancel_aborts_and_is_idempotent(stub: Stub, new_bucket: str, s3: S3Reader) -> None:
+async def test_cancel_aborts_and_is_idempotent(
+    gateway: GatewayThread, stub: Stub, new_bucket: str, s3: S3Reader
+) -> None:
     token = await _start(stub, new_bucket, "cancelled.bin")
     assert s3.uploads(new_bucket)
     request = pb.CancelResumableWriteRequest(write_token=token)
     await stub.CancelResumableWrite(request)
     assert s3.uploads(new_bucket) == []
+    assert metric(gateway, "s3gateway_resumable_writes_total", event="cancelled") == 1
     await stub.CancelResumableWrite(request)
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await stub.QueryWriteStatus(pb.QueryWriteStatusRequest(write_token=token))
@@ -250,6 +259,7 @@ async def test_tampered_and_expired_tokens_are_refused_before_s3(
             error = await write_refused(gateway.address, stream)
             assert (error.code(), error_info(error).reason) == (code, reason)
     assert calls == []
+    assert metric(gateway, "s3gateway_resumable_writes_total", event="expired") == 3
 
 
 @pytest.mark.backends("moto")

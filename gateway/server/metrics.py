@@ -88,6 +88,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 #: The ``pool`` label of s3gateway_s3_connections_in_use: streamed parts and copies, and the
 #: control calls (create, complete, abort, listings), which have connections of their own.
 S3_POOLS = ("data", "control")
+#: What happens to resumable writes (s3gateway_resumable_writes_total{event}).
+RESUMABLE_EVENTS = ("started", "resumed", "completed", "cancelled", "expired")
 
 
 def bucket_type(bucket: str) -> str:
@@ -187,6 +189,14 @@ class Metrics:
         )  # fmt: skip
         for pool in S3_POOLS:
             self.s3_connections_in_use.labels(pool)
+        self.resumable_writes = Counter(
+            "s3gateway_resumable_writes_total",
+            "Resumable writes by event: started, resumed (a stream continuing one with bytes "
+            "persisted), completed, cancelled, expired (its token refused as too old).",
+            ("event",), registry=r,
+        )  # fmt: skip
+        for event in RESUMABLE_EVENTS:
+            self.resumable_writes.labels(event)
         self.buffer_bytes = Gauge(
             "s3gateway_buffer_reserved_bytes",
             "Bytes reserved by in-flight streams (GATEWAY_MAX_BUFFER_BYTES caps it).",

@@ -41,6 +41,7 @@ from gateway.security.write_tokens import (
     principal_digest,
 )
 from gateway.server import validate
+from gateway.server.metrics import Metrics
 from gateway.server.s3 import S3
 from gateway.server.write_object import WritePlan, admit_spec
 from gateway.v1 import upload_service_pb2 as pb
@@ -82,11 +83,14 @@ class Resumption:
 class Resumable:
     """Opens, inspects and cancels resumable writes for one gateway process."""
 
-    def __init__(self, s3: S3, settings: Settings, guard: Guard, signer: Signer | None) -> None:
+    def __init__(
+        self, s3: S3, settings: Settings, guard: Guard, signer: Signer | None, metrics: Metrics
+    ) -> None:
         self._s3 = s3
         self._settings = settings
         self._guard = guard
         self.signer = signer
+        self.metrics = metrics
 
     # --- tokens
 
@@ -117,6 +121,7 @@ class Resumable:
                 "the write token was issued to another caller",
             )
         if time.time() >= token.expires:
+            self.metrics.resumable_writes.labels("expired").inc()
             expired = datetime.datetime.fromtimestamp(token.expires, datetime.UTC)
             raise GatewayError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -171,6 +176,7 @@ class Resumable:
             crc=plan.algorithm.new().digest(),
         )
         expires = Timestamp(seconds=token.expires)
+        self.metrics.resumable_writes.labels("started").inc()
         return pb.StartResumableWriteResponse(
             write_token=self.issue(token), part_size=plan.part_size, expires=expires
         )
@@ -206,6 +212,7 @@ class Resumable:
         except S3Error as error:
             if error.reason not in _GONE:
                 raise
+        self.metrics.resumable_writes.labels("cancelled").inc()
         return pb.CancelResumableWriteResponse()
 
     # --- state

@@ -71,7 +71,7 @@ class UploadService(pb_grpc.UploadServiceServicer):
         self._guard = guard
         self._admission = admission
         self._upload_part = PartUpload(s3, settings, metrics, guard, admission)
-        self._resumable = Resumable(s3, settings, guard, signer)
+        self._resumable = Resumable(s3, settings, guard, signer, metrics)
         self._write_object = ObjectWrite(s3, settings, metrics, guard, admission, self._resumable)
 
     async def settle(self) -> None:

@@ -319,6 +319,8 @@ class ObjectWrite:
                     "writeToken": self._resumable.issue(state.advanced_token()),
                 },
             )
+        if state.persisted:
+            self._metrics.resumable_writes.labels("resumed").inc()
         return state
 
 
@@ -448,6 +450,7 @@ class _Writer:
             if self._upload_id is not None:  # a resumable write's upload, now not needed
                 upload_id, self._upload_id = self._upload_id, None
                 await asyncio.shield(self._abort(upload_id))
+                self._metrics.resumable_writes.labels("completed").inc()
             yield _written(answer, self._spec, self.received, 0, plan.algorithm, digest)
             return
         if filling.filled:
@@ -461,6 +464,8 @@ class _Writer:
             yield response
         answer = await self._complete(digest)
         self._upload_id = None  # completed: nothing to abort
+        if self._resumption is not None:
+            self._metrics.resumable_writes.labels("completed").inc()
         parts = self._object.parts
         written = _written(answer, self._spec, self.received, len(parts), plan.algorithm, digest)
         # S3 names the SSE-C key in the answers to the parts only, not in the completion's.
