@@ -16,8 +16,9 @@ from gateway.v1 import upload_service_pb2 as pb
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["UploadService"]
 #: The RPCs that are not one S3 operation each: WriteObject carries CreateMultipartUpload's
-#: request and answers with what CompleteMultipartUpload or PutObject answered.
-_COMPOSED = {"WriteObject"}
+#: request and answers with what CompleteMultipartUpload or PutObject answered; the resumable
+#: write RPCs take and give write tokens.
+_COMPOSED = {"WriteObject", "StartResumableWrite", "QueryWriteStatus", "CancelResumableWrite"}
 OPERATIONS = [method.name for method in _SERVICE.methods if method.name not in _COMPOSED]
 #: The fields of WrittenObject that are the gateway's own, not S3 members.
 _WRITTEN_BY_THE_GATEWAY = {"parts", "computed_checksums"}

@@ -87,12 +87,12 @@ async def test_an_object_is_written_whole_and_verified(
 
 
 @pytest.mark.backends("moto")
-async def test_parts_held_whole_go_without_100_continue(
+async def test_parts_go_without_100_continue_the_first_time(
     gateway: GatewayThread, stub: Stub, new_bucket: str
 ) -> None:
-    """A WriteObject's parts and its PutObject are in memory: no ``Expect: 100-continue`` (a
-    round trip per part); a relayed UploadPart keeps it, so that S3 can refuse it before the
-    caller's bytes flow."""
+    """A WriteObject's parts are in memory: their first attempt goes without ``Expect:
+    100-continue`` (a round trip per part). Its PutObject (one attempt) and a relayed UploadPart
+    keep it, so that an early refusal by S3 is read as such."""
     sent: list[tuple[str, str]] = []
 
     def record(request: Any, event_name: str, **_: Any) -> None:
@@ -126,7 +126,7 @@ async def test_parts_held_whole_go_without_100_continue(
     assert sent == [
         ("UploadPart", ""),
         ("UploadPart", ""),
-        ("PutObject", ""),
+        ("PutObject", "100-continue"),
         ("UploadPart", "100-continue"),
     ]
 

@@ -287,12 +287,16 @@ class HeldBody:
 
     #: Bytes per slice: a few times the socket's unsent low-water mark.
     SLICE = 256 * 1024
-    #: Sent without ``Expect: 100-continue`` (see :mod:`.s3`).
-    held_whole = True
 
     def __init__(
-        self, data: bytes | bytearray | memoryview, watch: SendWatch | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        watch: SendWatch | None = None,
+        *,
+        skip_continue: bool = False,
     ) -> None:
+        #: Send without ``Expect: 100-continue`` (see :mod:`.s3`).
+        self.skip_continue = skip_continue
         self._view = memoryview(data)
         self._offset = 0
         self._watch = watch

@@ -127,12 +127,14 @@ class Watch(Protocol):
 
 
 def _skip_continue(params: dict[str, Any], **_: Any) -> None:
-    """Send a body the gateway holds whole (``held_whole``: a WriteObject part) without
-    ``Expect: 100-continue``, which botocore asks for before every file-like body: waiting for S3's
-    invitation would spare nothing the gateway needs (the bytes stay in memory until S3 has them)
-    and costs a round trip per part. A relayed part keeps it: its bytes are the caller's stream."""
+    """Send a body that asks for it (``skip_continue``: the first attempt of a WriteObject part,
+    held in memory) without ``Expect: 100-continue``, which botocore asks for before every
+    file-like body. Waiting for S3's invitation costs a round trip per part and spares nothing
+    the gateway needs: the bytes stay in memory until S3 has them. What it buys is S3's early
+    refusal read as such rather than as a connection S3 closed mid-body, so a part's retries
+    ask for it again. A relayed part always does: its bytes are the caller's stream."""
     body = params.get("body")
-    if getattr(body, "held_whole", False):
+    if getattr(body, "skip_continue", False):
         params["headers"].pop("Expect", None)
 
 

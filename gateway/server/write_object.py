@@ -604,7 +604,10 @@ class _Writer:
         try:
             for attempt in range(PART_ATTEMPTS):
                 try:
-                    answer = await self._send("UploadPart", params, part.data)
+                    # The first attempt without 100 Continue, the retries with it: S3 refusing
+                    # a part early is then read as its refusal.
+                    fast = attempt == 0
+                    answer = await self._send("UploadPart", params, part.data, fast=fast)
                     break
                 except GatewayError as error:
                     if error.retry_delay is None or attempt + 1 == PART_ATTEMPTS:
@@ -619,11 +622,12 @@ class _Writer:
         return answer
 
     async def _send(
-        self, operation: str, params: dict[str, Any], data: memoryview
+        self, operation: str, params: dict[str, Any], data: memoryview, *, fast: bool = False
     ) -> dict[str, Any]:
-        """Send ``data`` as the body of ``operation``, S3 taking it within the stall timeout."""
+        """Send ``data`` as the body of ``operation``, S3 taking it within the stall timeout;
+        ``fast``: without waiting for ``100 Continue``."""
         watch = SendWatch(self._plan.stall_timeout, operation)
-        body = HeldBody(data, watch)
+        body = HeldBody(data, watch, skip_continue=fast)
         return await self._s3.call(
             operation, {**params, "Body": body}, caller=self._caller, watch=watch
         )
