@@ -248,3 +248,78 @@ def test_progress_is_reported(
     progress = result["progress"]
     # One message per part committed, unless both landed together; the last covers the object.
     assert progress in ([[PART_SIZE, size], [size, size]], [[size, size]])
+
+
+#: A resumable write whose process dies once S3 holds some of it: prints its latest token. Its
+#: stream stops sending after 20 MiB (a write that never drains), so that it dies mid-object.
+_CUT_OFF = """
+const { createClient, writeFileResumable, MiB } = require('./lib/gateway');
+const [address, bucket, key, path] = process.argv.slice(1);
+const client = createClient(address);
+const writeObject = client.WriteObject.bind(client);
+client.WriteObject = (options) => {
+  const call = writeObject(options);
+  const write = call.write.bind(call);
+  let sent = 0;
+  call.write = (message) => {
+    sent += message.data?.content.length ?? 0;
+    return sent > 20 * MiB ? false : write(message);
+  };
+  return call;
+};
+const onToken = (token, persisted) => {
+  if (persisted > 0) {
+    console.log(JSON.stringify({ token, persisted }));
+    process.exit(0); // the connection dies with the process, mid-write
+  }
+};
+writeFileResumable(client, { bucket, key, path, onToken }).then(() => process.exit(3));
+"""
+
+#: Continue a resumable write from its token alone.
+_RESUME = """
+const { createClient, writeFileResumable } = require('./lib/gateway');
+const [address, token, path] = process.argv.slice(1);
+const client = createClient(address);
+writeFileResumable(client, { token, path })
+  .then((written) => console.log(JSON.stringify(written)))
+  .finally(() => client.close());
+"""
+
+
+def test_a_resumable_write_continues_in_another_process(
+    node: str, gateway_address: str, moto_bucket: str, s3: Any, tmp_path: Path
+) -> None:
+    """The process writing dies once a part is in S3, mid-object; another continues from the
+    token alone, sending only what S3 does not hold."""
+    key = f"node/{uuid.uuid4().hex}.bin"
+    payload = tmp_path / "large.bin"
+    payload.write_bytes(os.urandom(40 * MiB + 7))
+    data = payload.read_bytes()
+    cut = run_script(node, _CUT_OFF, gateway_address, moto_bucket, key, payload)
+    assert 0 < cut["persisted"] < len(data) and cut["persisted"] % PART_SIZE == 0
+    assert "Contents" not in s3.list_objects_v2(Bucket=moto_bucket, Prefix=key)
+    written = run_script(node, _RESUME, gateway_address, cut["token"], payload)
+    assert (written["key"], written["size"]) == (key, str(len(data)))
+    assert written["computed_checksums"]["CRC32C"] == digest_of("CRC32C", data)
+    assert s3.get_object(Bucket=moto_bucket, Key=key)["Body"].read() == data
+    assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
+
+
+def test_upload_js_resumable_prints_its_token_and_resume_returns_the_object(
+    node: str, gateway_address: str, moto_bucket: str, s3: Any, payload: Path
+) -> None:
+    """``upload.js --resumable`` announces its token; ``--resume TOKEN`` of a write that is
+    finished answers the object it wrote, writing nothing again."""
+    key = f"node/{uuid.uuid4().hex}.bin"
+    done = upload(node, payload, f"s3://{moto_bucket}/{key}", "--resumable",
+                      "--endpoint", gateway_address)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("upload.js: resumable write: gw1.")
+    token = line.split()[-1]
+    first = json.loads(done.stdout)
+    again = upload(node, payload, "--resume", token, "--endpoint", gateway_address)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["etag"] == first["etag"]
+    assert s3.get_object(Bucket=moto_bucket, Key=key)["Body"].read() == payload.read_bytes()

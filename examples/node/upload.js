@@ -4,6 +4,12 @@
 // as JSON.
 //
 //   node upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--checksum-algorithm ALG] [--content-type TYPE]
+//                  [--resumable]
+//   node upload.js FILE --resume TOKEN [--endpoint HOST:PORT]
+//
+// --resumable makes the write resumable: its token goes to stderr, and after a failure it
+// continues from the bytes S3 holds (through any replica); --resume TOKEN continues it from
+// another process.
 //
 // --endpoint defaults to $GATEWAY_ENDPOINT or localhost:50051; --checksum-algorithm to CRC32C. The
 // part size is the gateway's. On a gRPC error it prints the status code and the decoded
@@ -11,11 +17,12 @@
 // error it exits 2.
 
 const { parseArgs } = require('node:util');
-const { createClient, writeFile } = require('./lib/gateway');
+const { createClient, writeFile, writeFileResumable } = require('./lib/gateway');
 const { describeError } = require('./lib/errors');
 
 const USAGE =
-  'usage: upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--checksum-algorithm ALG] [--content-type TYPE]';
+  'usage: upload.js FILE s3://BUCKET/KEY [--endpoint HOST:PORT] [--checksum-algorithm ALG] [--content-type TYPE] [--resumable]\n' +
+  '       upload.js FILE --resume TOKEN [--endpoint HOST:PORT]';
 
 class UsageError extends Error {}
 
@@ -33,6 +40,8 @@ function parse(argv) {
       endpoint: { type: 'string', default: process.env.GATEWAY_ENDPOINT || 'localhost:50051' },
       'checksum-algorithm': { type: 'string', default: 'CRC32C' },
       'content-type': { type: 'string' },
+      resumable: { type: 'boolean', default: false },
+      resume: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -40,9 +49,14 @@ function parse(argv) {
     console.log(USAGE);
     process.exit(0);
   }
+  if (values.resume) {
+    if (positionals.length !== 1) throw new UsageError('--resume takes FILE alone: the token holds the destination');
+    return { endpoint: values.endpoint, path: positionals[0], token: values.resume, resumable: true };
+  }
   if (positionals.length !== 2) throw new UsageError('expected FILE and s3://BUCKET/KEY');
   return {
     endpoint: values.endpoint,
+    resumable: values.resumable,
     path: positionals[0],
     ...parseS3Url(positionals[1]),
     checksumAlgorithm: values['checksum-algorithm'],
@@ -58,10 +72,15 @@ async function main() {
     console.error(`${err.message}\n${USAGE}`);
     return 2;
   }
-  const { endpoint, ...write } = options;
+  const { endpoint, resumable, ...write } = options;
   const client = createClient(endpoint);
+  let token;
+  const onToken = (newer) => {
+    if (!token) console.error(`upload.js: resumable write: ${newer}`);
+    token = newer;
+  };
   try {
-    const written = await writeFile(client, write);
+    const written = resumable ? await writeFileResumable(client, { ...write, onToken }) : await writeFile(client, write);
     console.log(JSON.stringify(written, null, 2));
     return 0;
   } catch (err) {
@@ -77,6 +96,7 @@ async function main() {
     const described = describeError(err);
     console.error(`upload.js: ${described.codeName} (${described.code}): ${described.message}`);
     console.error(JSON.stringify(described, null, 2));
+    if (token) console.error(`upload.js: continue with: node upload.js ${options.path} --resume ${token}`);
     return 1;
   } finally {
     client.close();

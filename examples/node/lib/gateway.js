@@ -82,6 +82,7 @@ const HASHES = {
  *
  * Resolves with the WrittenObject. Rejects with the gRPC error (see errors.describeError): the
  * gateway has aborted its multipart upload, nothing was committed and there is nothing to clean up.
+ * (writeFileResumable keeps what S3 holds instead, and continues from there.)
  *
  * checksumAlgorithm: a ChecksumAlgorithm name, "CRC32C" by default (FULL_OBJECT, as CRC32 and
  * CRC64NVME; the others COMPOSITE). contentType; attributes: other CreateMultipartUploadRequest
@@ -94,11 +95,16 @@ const HASHES = {
  */
 async function writeFile(client, options) {
   const { bucket, key, path: filePath, checksumAlgorithm = 'CRC32C', contentType, attributes } = options;
-  const { ifNoneMatch = false, onProgress, chunkSize = MiB, callOptions = {} } = options;
+  const { ifNoneMatch = false } = options;
   if (!bucket || !key || !filePath) throw new TypeError('bucket, key and path are required');
   const algorithm = algorithmName(checksumAlgorithm);
-  const hash = HASHES[algorithm]?.();
   const { size } = await fs.promises.stat(filePath);
+  const spec = writeSpec({ bucket, key, algorithm, contentType, attributes, size, ifNoneMatch });
+  return stream(client, { spec }, filePath, 0, algorithm, options);
+}
+
+/** The WriteObjectSpec of an object: its attributes, checksum algorithm (and type) and size. */
+function writeSpec({ bucket, key, algorithm, contentType, attributes, size, ifNoneMatch }) {
   const object = {
     ...attributes,
     bucket,
@@ -107,8 +113,21 @@ async function writeFile(client, options) {
     checksum_algorithm: `CHECKSUM_ALGORITHM_${algorithm}`,
     ...(FULL_OBJECT.has(algorithm) && { checksum_type: 'CHECKSUM_TYPE_FULL_OBJECT' }),
   };
-  const spec = { object, object_size: String(size), ...(ifNoneMatch && { if_none_match: '*' }) };
+  return { object, object_size: String(size), ...(ifNoneMatch && { if_none_match: '*' }) };
+}
 
+/**
+ * One WriteObject stream: `first` (a spec, or a resume), then the file from byte `offset` in
+ * `data` messages each with its CRC-32C, then a finish with the whole file's checksum (the bytes
+ * before `offset` are read to compute it, not sent). Resolves with the WrittenObject.
+ *
+ * Backpressure: when write() returns false the file is not read further until 'drain'; grpc-js
+ * queues up to 16 messages, so at most about 16 chunks are in memory whatever the file's size.
+ */
+async function stream(client, first, filePath, offset, algorithm, options) {
+  const { onProgress, onToken, chunkSize = MiB, callOptions = {} } = options;
+  const hash = HASHES[algorithm]?.();
+  const { size } = await fs.promises.stat(filePath);
   const call = client.WriteObject(callOptions);
   let ended = false;
   let wake = () => {};
@@ -120,7 +139,10 @@ async function writeFile(client, options) {
       settle(value);
     };
     call.on('data', ({ progress, object: last }) => {
-      if (progress) onProgress?.(Number(progress.persisted_size), size);
+      if (progress) {
+        onProgress?.(Number(progress.persisted_size), size);
+        if (progress.write_token) onToken?.(progress.write_token, Number(progress.persisted_size));
+      }
       if (last) answer = last;
     });
     call.on('error', end(reject)); // before 'end', which then changes nothing
@@ -140,8 +162,11 @@ async function writeFile(client, options) {
   };
 
   try {
-    if (await send({ spec })) {
-      const file = fs.createReadStream(filePath, { highWaterMark: chunkSize });
+    if (await send(first)) {
+      if (hash && offset > 0) {
+        for await (const chunk of fs.createReadStream(filePath, { end: offset - 1, highWaterMark: chunkSize })) hash.update(chunk);
+      }
+      const file = fs.createReadStream(filePath, { start: offset, highWaterMark: chunkSize });
       try {
         for await (const chunk of file) {
           hash?.update(chunk);
@@ -160,4 +185,59 @@ async function writeFile(client, options) {
   return written;
 }
 
-module.exports = { PROTO_ROOT, LOADER_OPTIONS, loadService, createClient, writeFile, MiB };
+const unary = (client, method, request) =>
+  new Promise((resolve, reject) => client[method](request, (error, response) => (error ? reject(error) : resolve(response))));
+
+/** The statuses after which a resumable write is asked where it stands and continued. */
+const RESUMABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
+
+/**
+ * Write the file at `path` as a resumable write (StartResumableWrite, then WriteObject streams
+ * that begin with `resume`): after a failure the write is continued from the bytes S3 holds,
+ * through any replica of the gateway, instead of sent again from the start. Options as
+ * writeFile's, plus: token (continue this write instead of starting one), onToken(token,
+ * persisted) (keep the latest to resume from another process), attempts (streams in a row that
+ * may fail without persisting anything new, 5). Resolves with the WrittenObject.
+ */
+async function writeFileResumable(client, options) {
+  const { bucket, key, path: filePath, checksumAlgorithm = 'CRC32C', contentType, attributes } = options;
+  const { ifNoneMatch = false, attempts = 5 } = options;
+  let token = options.token;
+  let algorithm = algorithmName(checksumAlgorithm);
+  let offset = 0;
+  if (!token) {
+    const { size } = await fs.promises.stat(filePath);
+    const spec = writeSpec({ bucket, key, algorithm, contentType, attributes, size, ifNoneMatch });
+    ({ write_token: token } = await unary(client, 'StartResumableWrite', { spec }));
+    options.onToken?.(token, 0);
+  } else {
+    offset = null; // ask
+  }
+  let failures = 0;
+  for (;;) {
+    if (offset === null) {
+      const status = await unary(client, 'QueryWriteStatus', { write_token: token });
+      if (status.object) return status.object; // finished before
+      offset = Number(status.persisted_size);
+      token = status.write_token || token;
+      algorithm = algorithmName(status.spec?.object?.checksum_algorithm ?? algorithm);
+    }
+    const before = token;
+    const keep = (newer, persisted) => {
+      token = newer;
+      options.onToken?.(newer, persisted);
+    };
+    try {
+      const first = { resume: { write_token: token, write_offset: String(offset) } };
+      return await stream(client, first, filePath, offset, algorithm, { ...options, onToken: keep });
+    } catch (error) {
+      if (!RESUMABLE.has(error.code)) throw error;
+      failures = token === before ? failures + 1 : 0;
+      if (failures >= attempts) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** failures));
+      offset = null;
+    }
+  }
+}
+
+module.exports = { PROTO_ROOT, LOADER_OPTIONS, loadService, createClient, writeFile, writeFileResumable, MiB };
