@@ -240,6 +240,8 @@ def test_each_config_key_renders_its_variable(everything: Manifests) -> None:
 def test_unset_config_keys_render_nothing(minimal: Manifests) -> None:
     rendered = {name for name in env(minimal) if name.startswith("GATEWAY_")}
     defaults = {"GATEWAY_DRAIN_DELAY", "GATEWAY_SHUTDOWN_GRACE", "GATEWAY_MAX_BUFFER_BYTES"}
+    # The generated write token key file (resumableWrites.enabled).
+    defaults.add("GATEWAY_WRITE_TOKEN_KEYS_FILE")
     assert rendered == CHART_OWNED | defaults
     assert env(minimal)["GATEWAY_PLAINTEXT"] == "true"
     assert env(minimal)["GATEWAY_ALLOW_ALL"] == "true"
@@ -1160,3 +1162,44 @@ def test_the_dockerfile_check_finds_missing_labels_and_a_fixed_base() -> None:
     problems = chart.dockerfile_problems(broken)
     assert any("org.opencontainers.image.licenses" in p for p in problems)
     assert any("PYTHON_IMAGE" in p for p in problems)
+
+
+# --- resumable writes: one key file for every replica -------------------------------------------
+
+
+def test_a_write_token_key_file_is_generated_and_mounted(minimal: Manifests) -> None:
+    """By default the chart generates the key Secret once (kept across upgrades and uninstalls)
+    and every pod mounts the same file: any replica continues any write."""
+    import base64
+
+    from gateway.security.write_tokens import parse_keys
+
+    (secret,) = [
+        s for s in chart.find(minimal, "Secret") if s["metadata"]["name"].endswith("-write-keys")
+    ]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    keys = parse_keys(base64.b64decode(secret["data"]["write-keys.yaml"]))
+    assert len(keys.keys[keys.signing]) == 32
+    variables = env(minimal)
+    assert (
+        variables["GATEWAY_WRITE_TOKEN_KEYS_FILE"]
+        == "/etc/s3-upload-gateway/write-keys/write-keys.yaml"
+    )
+    volumes = {v["name"]: v for v in pod_spec(minimal)["volumes"]}
+    assert volumes["write-keys"]["secret"]["secretName"] == secret["metadata"]["name"]
+    mounts = {m["name"]: m for m in container(minimal)["volumeMounts"]}
+    assert mounts["write-keys"]["readOnly"] is True
+
+
+def test_an_existing_key_secret_is_used_as_is(secured: Manifests) -> None:
+    assert not [
+        s for s in chart.find(secured, "Secret") if s["metadata"]["name"].endswith("-write-keys")
+    ]
+    volumes = {v["name"]: v for v in pod_spec(secured)["volumes"]}
+    assert volumes["write-keys"]["secret"]["secretName"] == "s3-upload-gateway-write-keys"
+
+
+def test_resumable_writes_can_be_turned_off() -> None:
+    manifests = render({"resumableWrites.enabled": False})
+    assert "GATEWAY_WRITE_TOKEN_KEYS_FILE" not in env(manifests)
+    assert not chart.find(manifests, "Secret")

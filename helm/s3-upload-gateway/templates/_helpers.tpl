@@ -166,6 +166,20 @@ CA, its client certificate and its bearer token).
 The ConfigMap holding the authorization policy: the chart's own (from authorization.policy), or
 authorization.existingConfigMap; empty when there is no policy.
 */}}
+{{/*
+The Secret holding the write token key file: resumableWrites.keys.existingSecret, else the one
+the chart generates (write-keys-secret.yaml); empty when resumable writes are off.
+*/}}
+{{- define "s3-upload-gateway.writeKeysSecret" -}}
+{{- if .Values.resumableWrites.enabled }}
+{{- if .Values.resumableWrites.keys.existingSecret }}
+{{- .Values.resumableWrites.keys.existingSecret }}
+{{- else }}
+{{- printf "%s-write-keys" (include "s3-upload-gateway.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "s3-upload-gateway.policyConfigMap" -}}
 {{- if .Values.authorization.policy }}
 {{- printf "%s-policy" (include "s3-upload-gateway.fullname" . | trunc 56 | trimSuffix "-") }}
@@ -277,7 +291,7 @@ the chart owns even when it leaves it unset: those come from tls, auth, authoriz
 {{- with .Values.auth.tokens.existingSecret }}
 {{- $env = append $env (dict "name" "GATEWAY_AUTH_TOKENS_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.tokensDir" $) $.Values.auth.tokens.key)) }}
 {{- end }}
-{{- with .Values.resumableWrites.keys.existingSecret }}
+{{- if include "s3-upload-gateway.writeKeysSecret" . }}
 {{- $env = append $env (dict "name" "GATEWAY_WRITE_TOKEN_KEYS_FILE" "value" (printf "%s/%s" (include "s3-upload-gateway.writeKeysDir" $) $.Values.resumableWrites.keys.key)) }}
 {{- end }}
 {{- if include "s3-upload-gateway.policyConfigMap" . }}
