@@ -306,3 +306,21 @@ async def test_without_keys_resumable_writes_are_off(
             await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert error_info(refused.value).reason == "RESUMABLE_WRITES_DISABLED"
+
+
+@pytest.mark.backends("moto")
+async def test_a_spec_too_large_for_a_token_is_refused_before_s3(
+    stub: Stub, new_bucket: str, s3: S3Reader
+) -> None:
+    """Metadata up to S3's 2 KiB rides in the token; a spec no token could carry is refused at
+    the start, with no upload created, rather than a write that could never be resumed."""
+    metadata = {f"k{i}": "v" * 60 for i in range(30)}  # about 2 KiB
+    token = await _start(stub, new_bucket, "meta.bin", metadata=metadata)
+    status = await stub.QueryWriteStatus(pb.QueryWriteStatusRequest(write_token=token))
+    assert dict(status.spec.object.metadata) == metadata
+    await stub.CancelResumableWrite(pb.CancelResumableWriteRequest(write_token=token))
+    spec = write_spec(new_bucket, "huge.bin", content_disposition="x" * 20000).spec
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert s3.uploads(new_bucket) == []

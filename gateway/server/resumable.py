@@ -35,6 +35,7 @@ from gateway.errors import GatewayError, InvalidRequest, Reason, S3Error
 from gateway.security.auth import Principal
 from gateway.security.guard import Guard
 from gateway.security.write_tokens import (
+    MAX_TOKEN_LENGTH,
     Signer,
     TokenRejected,
     WriteToken,
@@ -43,7 +44,7 @@ from gateway.security.write_tokens import (
 from gateway.server import validate
 from gateway.server.metrics import Metrics
 from gateway.server.s3 import S3
-from gateway.server.write_object import WritePlan, admit_spec
+from gateway.server.write_object import MAX_PARTS, WritePlan, admit_spec
 from gateway.v1 import upload_service_pb2 as pb
 
 #: Parts per ListParts page.
@@ -157,7 +158,6 @@ class Resumable:
                 "a resumable write needs a CRC (CRC64NVME, CRC32 or CRC32C): the gateway "
                 "combines the CRCs of parts sent through different replicas",
             )
-        upload_id = await create_upload(self._s3, spec, plan, caller)
         kept = pb.WriteObjectSpec()
         kept.CopyFrom(spec)
         kept.object.sse_customer_key = ""
@@ -170,11 +170,17 @@ class Resumable:
             principal=principal_digest(principal.name),
             started=now,
             expires=now + int(self._settings.write_token_ttl),
-            upload_id=upload_id,
+            upload_id="",
             part_size=plan.part_size,
             spec=kept.SerializeToString(deterministic=True),
             crc=plan.algorithm.new().digest(),
         )
+        # Its longest form (an upload id S3 may make up to 1 KiB long, a CRC for every part)
+        # must verify, or the write could never be resumed.
+        longest = replace(token, upload_id="x" * 1024, parts=MAX_PARTS, persisted=2**62)
+        if len(self.issue(longest)) > MAX_TOKEN_LENGTH:
+            raise InvalidRequest("spec", "is too large to be carried by a write token")
+        token = replace(token, upload_id=await create_upload(self._s3, spec, plan, caller))
         expires = Timestamp(seconds=token.expires)
         self.metrics.resumable_writes.labels("started").inc()
         return pb.StartResumableWriteResponse(
