@@ -40,6 +40,8 @@ DOCUMENTS = (
     ROOT / "deploy" / "README.md",
     ROOT / "helm" / "s3-upload-gateway" / "README.md",
     ROOT / "examples" / "README.md",
+    ROOT / "examples" / "go" / "README.md",
+    ROOT / "examples" / "java" / "README.md",
 )
 SHELL = frozenset({"sh", "bash", "shell"})
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[\w-]*)")
