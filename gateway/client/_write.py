@@ -184,10 +184,11 @@ async def _write_resumable(
 
     keep(token)
     failures = 0
+    resumed = False  # a stream of this write failed: its finish may be completing
     while True:
         if offset is None:
             query = pb.QueryWriteStatusRequest(write_token=latest[0], sse_customer_key=sse_key)
-            status = await _retrying(options, functools.partial(client.query_write_status, query))
+            status = await _query(client, query, options, settling=failures > 0 or resumed)
             if status.HasField("object"):
                 return _result(status.object, algorithm)
             offset = status.persisted_size
@@ -206,6 +207,7 @@ async def _write_resumable(
                 resume, source.chunks(offset), algorithm, prefix, on_sent=sent.add, on_token=keep
             )
         except GatewayCallError as error:
+            resumed = True
             info = error.error_info
             if error.reason == "WRITE_OFFSET_MISMATCH" and info is not None:
                 offset = int(info.metadata["persistedSize"])
@@ -220,6 +222,30 @@ async def _write_resumable(
             offset = None
         else:
             return _result(written, algorithm)
+
+
+#: Seconds between the queries that wait for a finish that may be completing.
+_SETTLE_DELAYS = (0.5, 1.0, 2.0)
+
+
+async def _query(
+    client: GatewayClient,
+    request: pb.QueryWriteStatusRequest,
+    options: UploadOptions,
+    *,
+    settling: bool,
+) -> pb.QueryWriteStatusResponse:
+    """QueryWriteStatus, retried on retryable errors. After a failed stream (``settling``) a
+    NOT_FOUND is asked again a few times: a finish that S3 is completing right then shows neither
+    the upload nor yet the object."""
+    for delay in (*_SETTLE_DELAYS, None) if settling else (None,):
+        try:
+            return await _retrying(options, functools.partial(client.query_write_status, request))
+        except GatewayCallError as error:
+            if error.code != grpc.StatusCode.NOT_FOUND or delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _retrying(options: UploadOptions, call: Callable[[], Awaitable[T]]) -> T:
