@@ -432,3 +432,24 @@ async def test_an_unknown_upload_id_is_not_found_even_where_s3_answers_a_server_
     assert error_info(error).reason == "NO_SUCH_UPLOAD"
     assert retry_info(error) is None
     assert s3.uploads(new_bucket) == []
+
+
+def test_a_store_may_refuse_to_complete_beside_an_unlisted_part(
+    s3: S3Reader, new_bucket: str, backend: Backend
+) -> None:
+    """What the stores do with a part that CompleteMultipartUpload does not list (straight to
+    the store, no gateway): moto completes the object from the listed parts, Ceph RGW 16 refuses
+    (InvalidPart). A marker part that is never completed cannot tag an upload on RGW."""
+    client = s3.client
+    upload_id = client.create_multipart_upload(Bucket=new_bucket, Key="k")["UploadId"]
+    ids = {"Bucket": new_bucket, "Key": "k", "UploadId": upload_id}
+    client.upload_part(**ids, PartNumber=3, Body=b"unlisted")
+    listed = client.upload_part(**ids, PartNumber=1, Body=b"only")
+    parts = {"Parts": [{"ETag": listed["ETag"], "PartNumber": 1}]}
+    if backend.name == "moto":
+        client.complete_multipart_upload(**ids, MultipartUpload=parts)
+        assert s3.read(new_bucket, "k") == b"only"
+    else:
+        with pytest.raises(client.exceptions.ClientError, match="InvalidPart"):
+            client.complete_multipart_upload(**ids, MultipartUpload=parts)
+        client.abort_multipart_upload(**ids)
