@@ -176,3 +176,41 @@ class Watched(Generic[T]):
         before = self._signatures()
         value = self._load()
         return (before, value) if self._signatures() == before else None
+
+
+class WatchedFile(Watched[T]):
+    """One file at ``path``, read whole (at most ``limit`` bytes, :func:`read_capped`) and
+    parsed by ``parse(data, path)``, kept current as :class:`Watched` keeps any value: the token
+    file, the write token key file. ``what`` names the file in log lines and errors."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        parse: Callable[[bytes, str], T],
+        *,
+        limit: int,
+        what: str,
+        kept: str,
+        log: logging.Logger,
+        error: type[ConfigError] = ConfigError,
+        describe: Callable[[T], str] = lambda value: "",
+        check_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = os.fspath(path)
+
+        def load() -> T:
+            _, data = read_capped(self.path, limit, what=what, error=error)
+            return parse(data, self.path)
+
+        super().__init__(
+            (self.path,),
+            load,
+            what=what,
+            kept=kept,
+            log=log,
+            error=error,
+            describe=describe,
+            check_interval=check_interval,
+            clock=clock,
+        )

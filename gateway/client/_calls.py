@@ -12,7 +12,7 @@ import grpc
 from gateway import bearer, checksums
 from gateway.client import _upload
 from gateway.client import _write as _writing
-from gateway.client._channel import check_arguments, open_channel, with_metadata
+from gateway.client._channel import check_arguments, open_channel, with_metadata, write_message
 from gateway.client._errors import GatewayCallError, rpc
 from gateway.client._sources import as_chunks
 from gateway.client._upload import ProgressCallback, UploadOptions, UploadResult
@@ -131,7 +131,7 @@ class GatewayClient:
         if header.content_length:
             probe = self._stub.UploadPart(None, timeout=self.timeout)
             try:
-                if await _write(probe, pb.UploadPartRequest(header=header)):
+                if await write_message(probe, pb.UploadPartRequest(header=header)):
                     await probe.done_writing()
                 await probe
             except grpc.aio.AioRpcError as probe_error:
@@ -288,7 +288,7 @@ class GatewayClient:
             return error
         probe = self._stub.WriteObject(None, timeout=self.timeout)
         try:
-            if await _writing.send_first(probe, first):
+            if await write_message(probe, first):
                 await probe.done_writing()
             async for _ in probe:
                 pass
@@ -376,13 +376,13 @@ async def _send_part(
     if algorithm is not None and getattr(header, algorithm.field):
         algorithm = None  # the value is in the header already
     hasher = algorithm.new() if algorithm is not None else None
-    if not await _write(call, pb.UploadPartRequest(header=header)):
+    if not await write_message(call, pb.UploadPartRequest(header=header)):
         return False
     async for chunk in chunks:
         if hasher is not None:
             hasher.update(chunk)
         crc = checksums.crc32c(chunk)
-        if not await _write(
+        if not await write_message(
             call, pb.UploadPartRequest(data=pb.ChecksummedData(content=chunk, crc32c=crc))
         ):
             return False
@@ -393,22 +393,9 @@ async def _send_part(
     value = checksums.encode(hasher.digest())
     if on_checksum is not None:
         on_checksum(value)
-    return await _write(
+    return await write_message(
         call, pb.UploadPartRequest(trailer=pb.UploadPartTrailer(**{algorithm.field: value}))
     )
-
-
-async def _write(
-    call: grpc.aio.StreamUnaryCall[pb.UploadPartRequest, pb.UploadPartResponse],
-    message: pb.UploadPartRequest,
-) -> bool:
-    if call.done():
-        return False
-    try:
-        await call.write(message)
-    except asyncio.InvalidStateError:  # finished between the check and the write
-        return False
-    return True
 
 
 def write_object_sync(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import grpc
 
@@ -286,3 +287,26 @@ class _AioMetadataChannel(_MetadataMethods, grpc.aio.Channel):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close(None)
+
+
+M = TypeVar("M", contravariant=True)
+
+
+class _Writable(Protocol[M]):
+    """A grpc.aio call the client streams messages on (UploadPart, WriteObject)."""
+
+    def done(self) -> bool: ...
+
+    async def write(self, request: M) -> None: ...
+
+
+async def write_message(call: _Writable[M], message: M) -> bool:
+    """Write ``message`` on a client stream; False when the call has already ended (the gateway
+    answered early: reading the call gives its status)."""
+    if call.done():
+        return False
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:  # finished between the check and the write
+        return False
+    return True

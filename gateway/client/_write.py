@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, TypeVar
 import grpc
 
 from gateway import buckets, checksums
+from gateway.client._channel import write_message
 from gateway.client._errors import GatewayCallError
 from gateway.client._sources import CHUNK_SIZE, FilePart, StreamReader
 from gateway.client._upload import (
@@ -319,14 +320,14 @@ async def send_object(
     call gives its status)."""
     hasher = algorithm.new()
     sent = 0
-    if not await _write(call, first):
+    if not await write_message(call, first):
         return False
     try:
         async for chunk in chunks:
             hasher.update(chunk)
             sent += len(chunk)
             data = pb.ChecksummedData(content=chunk, crc32c=checksums.crc32c(chunk))
-            if not await _write(call, pb.WriteObjectRequest(data=data)):
+            if not await write_message(call, pb.WriteObjectRequest(data=data)):
                 return False
             if on_sent is not None:
                 on_sent(len(chunk))
@@ -339,28 +340,7 @@ async def send_object(
     if prefix is not None:
         digest = checksums.combine(algorithm, prefix[0], digest, sent)
     finish = pb.FinishWrite(**{algorithm.field: checksums.encode(digest)})
-    if not await _write(call, pb.WriteObjectRequest(finish=finish)):
+    if not await write_message(call, pb.WriteObjectRequest(finish=finish)):
         return False
     await call.done_writing()
-    return True
-
-
-async def send_first(
-    call: grpc.aio.StreamStreamCall[pb.WriteObjectRequest, pb.WriteObjectResponse],
-    first: pb.WriteObjectRequest,
-) -> bool:
-    """Write the first message alone (a probe: without ``finish`` nothing can be committed)."""
-    return await _write(call, first)
-
-
-async def _write(
-    call: grpc.aio.StreamStreamCall[pb.WriteObjectRequest, pb.WriteObjectResponse],
-    message: pb.WriteObjectRequest,
-) -> bool:
-    if call.done():
-        return False
-    try:
-        await call.write(message)
-    except asyncio.InvalidStateError:  # finished between the check and the write
-        return False
     return True

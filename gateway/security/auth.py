@@ -40,7 +40,6 @@ from gateway.bearer import InvalidAuthorization as InvalidAuthorization
 from gateway.bearer import MetadataPairs
 from gateway.config import ConfigError
 from gateway.units import MiB
-from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def parse_tokens(text: str | bytes, source: str = "<tokens>") -> tuple[tuple[byt
     return _entries(document, source)
 
 
-class TokenFile(watch.Watched[tuple[tuple[bytes, str], ...]]):
+class TokenFile(watch.WatchedFile[tuple[tuple[bytes, str], ...]]):
     """The token file at ``path``, loaded now and reloaded when it changes
     (:class:`gateway.watch.Watched`).
 
@@ -147,10 +146,10 @@ class TokenFile(watch.Watched[tuple[tuple[bytes, str], ...]]):
         check_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = os.fspath(path)
         super().__init__(
-            (self.path,),
-            self._read,
+            path,
+            parse_tokens,
+            limit=MAX_TOKEN_FILE_SIZE,
             what="token file",
             kept="tokens",
             log=log,
@@ -159,12 +158,6 @@ class TokenFile(watch.Watched[tuple[tuple[bytes, str], ...]]):
             check_interval=check_interval,
             clock=clock,
         )
-
-    def _read(self) -> tuple[tuple[bytes, str], ...]:
-        _, data = read_capped(
-            self.path, MAX_TOKEN_FILE_SIZE, what="token file", error=AuthConfigError
-        )
-        return parse_tokens(data, self.path)
 
     @property
     def count(self) -> int:

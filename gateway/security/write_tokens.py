@@ -40,7 +40,6 @@ import yaml
 
 from gateway import watch
 from gateway.config import ConfigError
-from gateway.watch import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +206,9 @@ class FixedKeys:
         return verify(text, self.keys.keys)
 
 
-class WriteKeys(watch.Watched[KeySet]):
+class WriteKeys(watch.WatchedFile[KeySet]):
     """The key file at ``path``, loaded now and read again when it changes
-    (:class:`gateway.watch.Watched`); signs and verifies tokens."""
+    (:class:`gateway.watch.WatchedFile`); signs and verifies tokens."""
 
     def __init__(
         self,
@@ -218,10 +217,10 @@ class WriteKeys(watch.Watched[KeySet]):
         check_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = os.fspath(path)
         super().__init__(
-            (self.path,),
-            self._read,
+            path,
+            parse_keys,
+            limit=MAX_KEY_FILE_SIZE,
             what="write token key file",
             kept="keys",
             log=log,
@@ -230,12 +229,6 @@ class WriteKeys(watch.Watched[KeySet]):
             check_interval=check_interval,
             clock=clock,
         )
-
-    def _read(self) -> KeySet:
-        _, data = read_capped(
-            self.path, MAX_KEY_FILE_SIZE, what="write token key file", error=WriteKeysError
-        )
-        return parse_keys(data, self.path)
 
     def sign(self, token: WriteToken) -> str:
         keys = self.value
