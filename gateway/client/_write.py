@@ -167,11 +167,14 @@ async def _write_resumable(
     sse_key = spec.object.sse_customer_key
     token = options.resume_token
     offset: int | None = None
-    if token:  # the write's own algorithm, whatever the options say
+    if token:  # where the write stands, and its own algorithm, whatever the options say
         query = pb.QueryWriteStatusRequest(write_token=token, sse_customer_key=sse_key)
-        status = await _retrying(options, functools.partial(client.query_write_status, query))
+        status = await _query(client, query, options, settling=False)
         if status.HasField("spec"):
             algorithm = checksums.BY_PROTO.get(status.spec.object.checksum_algorithm, algorithm)
+        if status.HasField("object"):
+            return _result(status.object, algorithm)
+        offset, token = status.persisted_size, status.write_token or token
     else:
         request = pb.StartResumableWriteRequest(spec=spec)
         started = await _retrying(options, functools.partial(client.start_resumable_write, request))
