@@ -15,11 +15,22 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.exits import ExitCode
 from gateway.security.auth import generate_token
-from gateway.security.write_tokens import WriteKeys, generate_key, principal_digest
+from gateway.security.write_tokens import (
+    MARKER_PREFIX,
+    WriteKeys,
+    generate_key,
+    marker_key,
+    parse_marker,
+    principal_digest,
+    upload_digest,
+)
 from gateway.units import MiB
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
+from tests.cli_helpers import gateway_cli
+from tests.conftest import Backend
 from tests.helpers import (
     GatewayThread,
     S3Reader,
@@ -324,3 +335,125 @@ async def test_a_spec_too_large_for_a_token_is_refused_before_s3(
         await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert s3.uploads(new_bucket) == []
+
+
+# --- markers and the reaper ----------------------------------------------------------------------
+
+
+def _listed(s3: S3Reader, bucket: str) -> dict[str, str]:
+    """The bucket's uploads: upload id → key."""
+    uploads = s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return {u["UploadId"]: u["Key"] for u in uploads}
+
+
+def _reap(gateway: GatewayThread, bucket: str, *args: str) -> tuple[list[list[str]], str]:
+    result = gateway_cli("reap-uploads", "--bucket", bucket, *args, endpoint=gateway.address)
+    assert result.returncode == 0, result.stderr
+    return [line.split("\t") for line in result.stdout.splitlines()], result.stderr
+
+
+async def test_a_write_is_marked_while_it_lasts(
+    stub: Stub, new_bucket: str, s3: S3Reader, keys_file: Path
+) -> None:
+    """Each resumable write has a marker upload whose signed key names its expiry and upload;
+    finishing the write aborts it (cancelling too: test_cancel_aborts_and_is_idempotent)."""
+    data = os.urandom(PART + 1)
+    token = await _start(stub, new_bucket, "marked.bin", object_size=len(data))
+    write = WriteKeys(keys_file).verify(token)
+    listed = _listed(s3, new_bucket)
+    assert set(listed) == {write.upload_id, write.marker_upload_id}
+    marker = parse_marker(listed[write.marker_upload_id])
+    assert marker is not None
+    assert marker.signed(WriteKeys(keys_file).value.keys, new_bucket)
+    assert not marker.signed(WriteKeys(keys_file).value.keys, new_bucket + "-other")
+    assert (marker.expires, marker.upload) == (write.expires, upload_digest(write.upload_id))
+    await _finish(stub, _resume(token, 0), data, data)
+    assert _listed(s3, new_bucket) == {}
+
+
+async def test_reap_uploads_aborts_expired_writes_and_only_those(
+    gateway: GatewayThread,
+    stub: Stub,
+    new_bucket: str,
+    s3: S3Reader,
+    keys_file: Path,
+    backend: Backend,
+) -> None:
+    # moto reports every upload initiated in 2010 (S3-FACTS): ages mean something on RGW only.
+    age = ["--older-than", "1d"] if backend.name == "rgw" else []
+    keys = WriteKeys(keys_file).value
+    secret = keys.keys[keys.signing]
+    past = int(time.time()) - 60
+    data = os.urandom(2 * PART)
+
+    # A write that expired with a part persisted: its marker is made as the gateway made it,
+    # with an expiry in the past (GATEWAY_WRITE_TOKEN_TTL is at least a minute).
+    expired = WriteKeys(keys_file).verify(await _start(stub, new_bucket, "expired.bin"))
+    s3.client.upload_part(
+        Bucket=new_bucket, Key="expired.bin", UploadId=expired.upload_id, PartNumber=1,
+        Body=data[:PART],
+    )  # fmt: skip
+    s3.client.abort_multipart_upload(
+        Bucket=new_bucket, Key=expired.marker_key, UploadId=expired.marker_upload_id
+    )
+    stale_marker = marker_key(keys.signing, secret, new_bucket, expired.upload_id, past)
+    s3.client.create_multipart_upload(Bucket=new_bucket, Key=stale_marker)
+    # The marker of a write that ended, left behind (its replica died before it aborted it).
+    ended = marker_key(keys.signing, secret, new_bucket, "an upload that is gone", past)
+    s3.client.create_multipart_upload(Bucket=new_bucket, Key=ended)
+    # What must stay: a live write, a plain upload, and uploads that only look like markers:
+    # a forged mac, and a real marker of another bucket, both naming the plain upload.
+    live_token = await _start(stub, new_bucket, "live.bin", object_size=len(data))
+    plain = await stub.CreateMultipartUpload(
+        pb.CreateMultipartUploadRequest(bucket=new_bucket, key="plain.bin")
+    )
+    digest = upload_digest(plain.upload_id)
+    forged = f"{MARKER_PREFIX}{past}/{digest}.{keys.signing}.AAAAAAAAAAAAAAAAAAAAAA"
+    elsewhere = marker_key(keys.signing, secret, "another-bucket", plain.upload_id, past)
+    for key in (forged, elsewhere):
+        s3.client.create_multipart_upload(Bucket=new_bucket, Key=key)
+    before = _listed(s3, new_bucket)
+    assert len(before) == 8
+
+    lines, _ = _reap(gateway, new_bucket, *age, "--dry-run",
+                     "--write-token-keys-file", str(keys_file))  # fmt: skip
+    assert {(line[0], line[1], line[4]) for line in lines} == {
+        ("would abort", "expired.bin", "expired write"),
+        ("would abort", stale_marker, "marker"),
+        ("would abort", ended, "marker"),
+    }
+    assert _listed(s3, new_bucket) == before
+    # Under a prefix, a marker whose write is not listed may name a write outside it: kept.
+    lines, _ = _reap(gateway, new_bucket, "--prefix", "plain", "--write-token-keys-file",
+                     str(keys_file))  # fmt: skip
+    assert lines == []
+
+    lines, told = _reap(gateway, new_bucket, "--write-token-keys-file", str(keys_file))
+    assert sorted(line[4] for line in lines) == ["expired write", "marker", "marker"]
+    assert "1 expired resumable write(s) and 2 marker(s) aborted" in told
+    left = _listed(s3, new_bucket)
+    assert sorted(left.values()) == sorted(
+        [forged, elsewhere, "plain.bin", "live.bin", WriteKeys(keys_file).verify(live_token)
+         .marker_key]
+    )  # fmt: skip
+    if age:  # without the keys, only age counts, as it always did
+        lines, _ = _reap(gateway, new_bucket, *age)
+        assert lines == []
+
+    written = await _finish(stub, _resume(live_token, 0), data, data)
+    assert written.size == len(data)
+    assert sorted(_listed(s3, new_bucket).values()) == sorted([forged, elsewhere, "plain.bin"])
+
+
+@pytest.mark.backends("moto")
+def test_reap_uploads_needs_an_age_or_the_keys(gateway: GatewayThread, tmp_path: Path) -> None:
+    result = gateway_cli("reap-uploads", "--bucket", "b", endpoint=gateway.address,
+                         env={"GATEWAY_WRITE_TOKEN_KEYS_FILE": ""})  # fmt: skip
+    assert result.returncode == ExitCode.USAGE
+    assert "--older-than" in result.stderr
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("signing: k\n")
+    result = gateway_cli("reap-uploads", "--bucket", "b", "--write-token-keys-file", str(bad),
+                         endpoint=gateway.address)  # fmt: skip
+    assert result.returncode == ExitCode.CLIENT_CONFIG
+    assert "write token key file" in result.stderr

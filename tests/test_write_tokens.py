@@ -4,21 +4,27 @@ key files and key rotation."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
 import pytest
 
 from gateway.security.write_tokens import (
+    MARKER_PREFIX,
     MIN_KEY_BYTES,
     TokenRejected,
     WriteKeys,
     WriteKeysError,
     WriteToken,
     generate_key,
+    marker_key,
     parse_keys,
+    parse_marker,
     principal_digest,
     sign,
+    upload_digest,
     verify,
 )
 
@@ -174,3 +180,63 @@ def test_a_bad_key_file_update_keeps_the_keys_in_force(tmp_path: Path) -> None:
 def test_a_missing_key_file_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(WriteKeysError, match="cannot read"):
         WriteKeys(tmp_path / "missing.yaml")
+
+
+# --- markers -------------------------------------------------------------------------------------
+
+
+def test_a_token_without_a_marker_still_verifies() -> None:
+    """Tokens issued before markers existed carry neither "mk" nor "mu"."""
+    body = json.loads(_unb64(sign(TOKEN, "a", KEY_A).split(".")[1]))
+    del body["mk"], body["mu"]
+    payload = _b64(json.dumps(body).encode())
+    mac = _b64(hmac.new(KEY_A, f"gw1.{payload}".encode(), hashlib.sha256).digest())
+    assert verify(f"gw1.{payload}.{mac}", {"a": KEY_A}).marker_upload_id == ""
+
+
+def test_a_marker_names_its_expiry_and_upload_and_is_signed_for_its_bucket() -> None:
+    upload_id = "x" * 1024  # S3 may make upload ids this long
+    key = marker_key("2026-12", KEY_A, "uploads", upload_id, 2_000_000_000)
+    assert key.startswith(MARKER_PREFIX) and len(key) < 200
+    marker = parse_marker(key)
+    assert marker is not None
+    assert (marker.expires, marker.upload, marker.kid) == (
+        2_000_000_000, upload_digest(upload_id), "2026-12",
+    )  # fmt: skip
+    assert marker.signed({"2026-12": KEY_A}, "uploads")
+    assert not marker.signed({"2026-12": KEY_B}, "uploads")
+    assert not marker.signed({"other": KEY_A}, "uploads")
+    assert not marker.signed({"2026-12": KEY_A}, "other-bucket")
+
+
+@pytest.mark.parametrize("change", ["expires", "upload", "mac"])
+def test_a_changed_marker_is_not_signed(change: str) -> None:
+    key = marker_key("a", KEY_A, "b", "upload-1", 2_000_000_000)
+    expires, rest = key[len(MARKER_PREFIX) :].split("/")
+    digest, kid, mac = rest.split(".")
+    if change == "expires":
+        expires = "1"
+    elif change == "upload":
+        digest = upload_digest("upload-2")
+    else:
+        mac = mac[:-1] + ("A" if mac[-1] != "A" else "B")
+    marker = parse_marker(f"{MARKER_PREFIX}{expires}/{digest}.{kid}.{mac}")
+    assert marker is not None
+    assert not marker.signed({"a": KEY_A}, "b")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "photos/cat.jpg",
+        MARKER_PREFIX,
+        f"{MARKER_PREFIX}soon/{'0' * 32}.a.mac",
+        f"{MARKER_PREFIX}1/{'0' * 31}.a.mac",
+        f"{MARKER_PREFIX}1/{'G' * 32}.a.mac",
+        f"{MARKER_PREFIX}1/{'0' * 32}.a",
+        f"{MARKER_PREFIX}1/{'0' * 32}..mac",
+        f"{MARKER_PREFIX}{'9' * 13}/{'0' * 32}.a.mac",
+    ],
+)
+def test_keys_that_are_not_markers(key: str) -> None:
+    assert parse_marker(key) is None

@@ -51,6 +51,12 @@ MAX_KEY_FILE_SIZE = 64 * 1024
 MIN_KEY_BYTES = 32
 #: Longest token accepted (a spec with 2 KiB of metadata is far below it).
 MAX_TOKEN_LENGTH = 16 * 1024
+#: Where resumable writes' markers are (:func:`marker_key`), in the bucket of each write.
+MARKER_PREFIX = ".s3-upload-gateway/resumable-writes/"
+#: Hex digits of an upload id's digest in a marker key.
+_DIGEST_CHARS = 32
+#: Bytes of a marker's mac.
+_MARKER_MAC_BYTES = 16
 
 
 class WriteKeysError(ConfigError):
@@ -137,6 +143,10 @@ class WriteToken:
     persisted: int = 0
     #: The checksum of those bytes, of the spec's algorithm (a CRC); empty for none yet.
     crc: bytes = b""
+    #: The write's marker (:func:`marker_key`) and its upload id; empty in tokens of gateways
+    #: that made none.
+    marker_key: str = ""
+    marker_upload_id: str = ""
     #: The key that signed it (set by :meth:`WriteKeys.verify`).
     kid: str = ""
 
@@ -155,6 +165,8 @@ class WriteToken:
             "n": self.parts,
             "z": self.persisted,
             "c": _b64(self.crc),
+            "mk": self.marker_key,
+            "mu": self.marker_upload_id,
         }
 
     @classmethod
@@ -170,6 +182,8 @@ class WriteToken:
                 parts=int(payload["n"]),
                 persisted=int(payload["z"]),
                 crc=_unb64(str(payload["c"])),
+                marker_key=str(payload.get("mk", "")),
+                marker_upload_id=str(payload.get("mu", "")),
                 kid=str(payload["k"]),
             )
         except (KeyError, TypeError, ValueError, binascii.Error):
@@ -191,6 +205,8 @@ class Signer(Protocol):
 
     def verify(self, text: str) -> WriteToken: ...
 
+    def mark(self, bucket: str, upload_id: str, expires: int) -> str: ...
+
 
 class FixedKeys:
     """Keys that never change: one random key of this process, for the embedded S3 (whose
@@ -204,6 +220,10 @@ class FixedKeys:
 
     def verify(self, text: str) -> WriteToken:
         return verify(text, self.keys.keys)
+
+    def mark(self, bucket: str, upload_id: str, expires: int) -> str:
+        signing = self.keys.signing
+        return marker_key(signing, self.keys.keys[signing], bucket, upload_id, expires)
 
 
 class WriteKeys(watch.WatchedFile[KeySet]):
@@ -239,6 +259,11 @@ class WriteKeys(watch.WatchedFile[KeySet]):
         otherwise). Expiry and principal are the caller's to check."""
         return verify(text, self.value.keys)
 
+    def mark(self, bucket: str, upload_id: str, expires: int) -> str:
+        """The marker key of a write (:func:`marker_key`), signed with the signing key."""
+        keys = self.value
+        return marker_key(keys.signing, keys.keys[keys.signing], bucket, upload_id, expires)
+
 
 def sign(token: WriteToken, kid: str, key: bytes) -> str:
     payload = json.dumps(token._payload(kid), separators=(",", ":"), sort_keys=True)
@@ -266,6 +291,63 @@ def verify(text: str, keys: dict[str, bytes]) -> WriteToken:
     if not hmac.compare_digest(given, _mac(key, f"{PREFIX}.{encoded}")):
         raise TokenRejected("forged")
     return WriteToken._of(payload)
+
+
+def marker_key(kid: str, secret: bytes, bucket: str, upload_id: str, expires: int) -> str:
+    """The key of the marker of the resumable write of upload ``upload_id`` in ``bucket``, which
+    expires at ``expires``: ``MARKER_PREFIX<expires>/<upload digest>.<kid>.<mac>``.
+
+    S3's listing of multipart uploads carries nothing a gateway can set, so a resumable write is
+    made known to ``reap-uploads`` by a second, empty multipart upload at this key, created with
+    the write and aborted when it ends. The mac (over the bucket, the digest and the expiry) lets
+    the reaper, holding the same keys, tell a marker from an upload anybody could have created at
+    such a key; the digest of the upload id names the upload it marks."""
+    digest = upload_digest(upload_id)
+    return f"{MARKER_PREFIX}{expires}/{digest}.{kid}.{_marker_mac(secret, bucket, digest, expires)}"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A marker key, parsed (:func:`parse_marker`): not yet verified."""
+
+    expires: int
+    #: :func:`upload_digest` of the upload it marks.
+    upload: str
+    kid: str
+    mac: str
+
+    def signed(self, keys: dict[str, bytes], bucket: str) -> bool:
+        """True if one of ``keys`` signed this marker for ``bucket``."""
+        secret = keys.get(self.kid)
+        if secret is None:
+            return False
+        expected = _marker_mac(secret, bucket, self.upload, self.expires)
+        return hmac.compare_digest(expected, self.mac)
+
+
+def parse_marker(key: str) -> Marker | None:
+    """The marker ``key`` names, or None for a key that is not one."""
+    if not key.startswith(MARKER_PREFIX):
+        return None
+    expires, _, rest = key[len(MARKER_PREFIX) :].partition("/")
+    digest, _, signed = rest.partition(".")
+    kid, _, mac = signed.rpartition(".")
+    if not expires.isdigit() or len(expires) > 12 or len(digest) != _DIGEST_CHARS:
+        return None
+    if not kid or not mac or not all(c in "0123456789abcdef" for c in digest):
+        return None
+    return Marker(int(expires), digest, kid, mac)
+
+
+def upload_digest(upload_id: str) -> str:
+    """What a marker key records of the upload id it marks (which may be 1 KiB long)."""
+    return hashlib.sha256(upload_id.encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def _marker_mac(secret: bytes, bucket: str, digest: str, expires: int) -> str:
+    message = "\0".join(("marker", bucket, digest, str(expires)))
+    mac = hmac.new(secret, message.encode(), hashlib.sha256).digest()
+    return _b64(mac[:_MARKER_MAC_BYTES])
 
 
 def _mac(key: bytes, body: str) -> bytes:

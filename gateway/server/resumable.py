@@ -15,12 +15,19 @@ part size and the CRC of the bytes the gateway vouches for are in the caller's t
 - a write whose upload is gone was either finished or cancelled (or expired): the object at its
   key, if it was last modified after the write started (and, when S3 reports the object's CRC and
   the token covers every byte, carries the same CRC), is taken as the write's, so that a repeated
-  ``finish`` or a QueryWriteStatus after it answers the object instead of an error.
+  ``finish`` or a QueryWriteStatus after it answers the object instead of an error;
+- each write has a marker (:func:`gateway.security.write_tokens.marker_key`): an empty multipart
+  upload in the same bucket, under ``.s3-upload-gateway/resumable-writes/``, whose key names the
+  write's expiry and upload and is signed with the token keys. It is created with the write and
+  aborted when the write is finished or cancelled; ``reap-uploads`` finds the markers of expired
+  writes and aborts those writes' uploads, and no others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,8 +51,10 @@ from gateway.security.write_tokens import (
 from gateway.server import validate
 from gateway.server.metrics import Metrics
 from gateway.server.s3 import S3
-from gateway.server.write_object import MAX_PARTS, WritePlan, admit_spec
+from gateway.server.write_object import ABORT_TIMEOUT, MAX_PARTS, WritePlan, admit_spec
 from gateway.v1 import upload_service_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 #: Parts per ListParts page.
 _PAGE = 1000
@@ -177,10 +186,24 @@ class Resumable:
         )
         # Its longest form (an upload id S3 may make up to 1 KiB long, a CRC for every part)
         # must verify, or the write could never be resumed.
-        longest = replace(token, upload_id="x" * 1024, parts=MAX_PARTS, persisted=2**62)
+        longest = replace(
+            token,
+            upload_id="x" * 1024,
+            parts=MAX_PARTS,
+            persisted=2**62,
+            marker_key="x" * 1024,
+            marker_upload_id="x" * 1024,
+        )
         if len(self.issue(longest)) > MAX_TOKEN_LENGTH:
             raise InvalidRequest("spec", "is too large to be carried by a write token")
-        token = replace(token, upload_id=await create_upload(self._s3, spec, plan, caller))
+        upload_id = await create_upload(self._s3, spec, plan, caller)
+        token = replace(token, upload_id=upload_id)
+        try:
+            token = await self._mark(token, spec, caller)
+        except BaseException:
+            params = {**_object_params(spec, "AbortMultipartUpload"), "UploadId": upload_id}
+            await asyncio.shield(_abort_quietly(self._s3, params, caller, "upload"))
+            raise
         expires = Timestamp(seconds=token.expires)
         self.metrics.resumable_writes.labels("started").inc()
         return pb.StartResumableWriteResponse(
@@ -218,8 +241,33 @@ class Resumable:
         except S3Error as error:
             if error.reason not in _GONE:
                 raise
+        await self.release(token, spec, caller)
         self.metrics.resumable_writes.labels("cancelled").inc()
         return pb.CancelResumableWriteResponse()
+
+    # --- markers
+
+    async def _mark(self, token: WriteToken, spec: pb.WriteObjectSpec, caller: str) -> WriteToken:
+        """``token`` with the marker of its write, created (:func:`marker_key`): an empty
+        multipart upload beside the write's, which lets reap-uploads abort the write once it
+        has expired, and only then."""
+        assert self.signer is not None
+        marker = self.signer.mark(spec.object.bucket, token.upload_id, token.expires)
+        params = {**_bucket_params(spec, "CreateMultipartUpload"), "Key": marker}
+        answer = await self._s3.call("CreateMultipartUpload", params, caller=caller)
+        return replace(token, marker_key=marker, marker_upload_id=answer["UploadId"])
+
+    async def release(self, token: WriteToken, spec: pb.WriteObjectSpec, caller: str) -> None:
+        """Abort the marker of a write that ended (completed or cancelled). A marker that
+        cannot be aborted now is logged; reap-uploads aborts it after the write's expiry."""
+        if not token.marker_upload_id:
+            return
+        params = {
+            **_bucket_params(spec, "AbortMultipartUpload"),
+            "Key": token.marker_key,
+            "UploadId": token.marker_upload_id,
+        }
+        await asyncio.shield(_abort_quietly(self._s3, params, caller, "marker"))
 
     # --- state
 
@@ -233,7 +281,10 @@ class Resumable:
         except S3Error as error:
             if error.reason not in _GONE:
                 raise
-            return await self._written(token, spec, plan, caller, error)
+            written = await self._written(token, spec, plan, caller, error)
+            # The stream that finished it may have ended before it aborted the marker.
+            await self.release(token, spec, caller)
+            return written
         prior, persisted, crc = _vouched(listed, token, plan)
         return Resumption(token, spec, plan, prior, persisted, crc)
 
@@ -345,6 +396,27 @@ async def create_upload(s3: S3, spec: pb.WriteObjectSpec, plan: WritePlan, calle
     answer = await s3.call("CreateMultipartUpload", params, caller=caller)
     upload_id: str = answer["UploadId"]
     return upload_id
+
+
+async def _abort_quietly(s3: S3, params: dict[str, Any], caller: str, what: str) -> None:
+    """AbortMultipartUpload, within :data:`ABORT_TIMEOUT`; a failure is logged, not raised (an
+    upload that is gone already is no failure)."""
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            await s3.call("AbortMultipartUpload", params, caller=caller)
+    except S3Error as error:
+        if error.reason not in _GONE:
+            log.warning("could not abort a resumable write's %s: %s", what, error)
+    except (GatewayError, TimeoutError) as error:
+        log.warning("could not abort a resumable write's %s: %s", what, error)
+
+
+def _bucket_params(spec: pb.WriteObjectSpec, operation: str) -> dict[str, Any]:
+    """The spec's parameters of ``operation`` that are not the object's: the bucket, its
+    expected owner and the request payer (for a marker, which is in the same bucket)."""
+    params = convert.to_params(spec.object, operation)
+    kept = ("Bucket", "ExpectedBucketOwner", "RequestPayer")
+    return {k: v for k, v in params.items() if k in kept}
 
 
 def _object_params(spec: pb.WriteObjectSpec, operation: str) -> dict[str, Any]:

@@ -450,7 +450,7 @@ class _Writer:
             if self._upload_id is not None:  # a resumable write's upload, now not needed
                 upload_id, self._upload_id = self._upload_id, None
                 await asyncio.shield(self._abort(upload_id))
-                self._metrics.resumable_writes.labels("completed").inc()
+                await self._ended()
             yield _written(answer, self._spec, self.received, 0, plan.algorithm, digest)
             return
         if filling.filled:
@@ -464,8 +464,7 @@ class _Writer:
             yield response
         answer = await self._complete(digest)
         self._upload_id = None  # completed: nothing to abort
-        if self._resumption is not None:
-            self._metrics.resumable_writes.labels("completed").inc()
+        await self._ended()
         parts = self._object.parts
         written = _written(answer, self._spec, self.received, len(parts), plan.algorithm, digest)
         # S3 names the SSE-C key in the answers to the parts only, not in the completion's.
@@ -718,6 +717,13 @@ class _Writer:
             params["IfNoneMatch"] = self._spec.if_none_match
         if self._spec.HasField("if_match"):
             params["IfMatch"] = self._spec.if_match
+
+    async def _ended(self) -> None:
+        """Of a resumable write, once its object is written: count it, and abort its marker."""
+        if self._resumable is None or self._resumption is None:
+            return
+        self._metrics.resumable_writes.labels("completed").inc()
+        await self._resumable.release(self._resumption.token, self._spec, self._caller)
 
     async def _abandon(self, *, abort: bool = True) -> None:
         """Stop the parts in flight and abort the upload, if there is one (and ``abort``):

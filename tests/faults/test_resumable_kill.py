@@ -30,7 +30,7 @@ import pytest
 
 from gateway import checksums
 from gateway.client import GatewayCallError, GatewayClient, UploadOptions
-from gateway.security.write_tokens import generate_key
+from gateway.security.write_tokens import MARKER_PREFIX, WriteKeys, generate_key, parse_marker
 from gateway.units import MiB
 from tests.conftest import Backend
 from tests.gateway_process import collect_stderr, read_ready_port, stop
@@ -307,17 +307,24 @@ async def test_chaos_kills_and_restarts_lose_nothing(
         # answers the object S3 holds (HeadObject), whose bytes the killed replica had verified.
         assert computed in (crc, ""), key
         answered_by_head += not computed
-    # A StartResumableWrite whose answer a kill lost may have created an upload that no token
-    # names: reap-uploads aborts it once it is older than the write token's lifetime. Nothing
+    # A StartResumableWrite whose answer a kill lost may have created an upload (and its
+    # marker) that no token names; a replica killed between completing a write and aborting its
+    # marker leaves the marker. reap-uploads aborts both once the write has expired. Nothing
     # else may be left.
     left = s3.client.list_multipart_uploads(Bucket=new_bucket).get("Uploads", [])
-    assert len(left) <= client.lost_starts, left
-    assert {upload["Key"] for upload in left} <= set(written)
+    markers = [parse_marker(u["Key"]) for u in left if u["Key"].startswith(MARKER_PREFIX)]
+    uploads = [u for u in left if not u["Key"].startswith(MARKER_PREFIX)]
+    assert len(uploads) <= client.lost_starts, left
+    assert {upload["Key"] for upload in uploads} <= set(written)
+    assert len(markers) <= client.lost_starts + kills, left
+    signing = WriteKeys(keys).value.keys
+    assert all(m is not None and m.signed(signing, new_bucket) for m in markers), left
     total = sum(len(data) for data in written.values())
     print(
         f"chaos: {len(written)} writes, {total / MiB:.0f} MiB in {seconds:.1f} s; {kills} kills, "
         f"{client.resumes} resumes, {(client.sent - total) / MiB:.1f} MiB sent again; "
-        f"{client.lost_starts} starts lost, {len(left)} uploads left for reap-uploads, "
+        f"{client.lost_starts} starts lost, {len(uploads)} uploads and {len(markers)} markers "
+        "left for reap-uploads, "
         f"{answered_by_head} finished writes found by QueryWriteStatus"
     )
     assert kills >= 5
