@@ -263,8 +263,8 @@ class Settings:
     write_token_ttl: float = _setting(
         7 * 24 * 3600.0,
         "GATEWAY_WRITE_TOKEN_TTL",
-        "seconds a resumable write may last from its start; then its token is refused (abort "
-        "what is left with reap-uploads --older-than)",
+        "seconds a resumable write may last from its start; then its token is refused, and "
+        "reap-uploads --write-token-keys-file aborts what is left",
     )
     idle_timeout: float = _setting(
         60.0,

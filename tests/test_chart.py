@@ -323,6 +323,8 @@ def test_reaper_runs_reap_uploads_per_bucket_through_the_service() -> None:
         "reap-uploads",
         "--endpoint-url",
         "gateway-s3-upload-gateway:50051",
+        "--write-token-keys-file",
+        "/etc/s3-upload-gateway/write-keys/write-keys.yaml",
         "--bucket",
         "uploads",
         "--older-than",
@@ -330,11 +332,24 @@ def test_reaper_runs_reap_uploads_per_bucket_through_the_service() -> None:
         "--prefix",
         "incoming/",
     ]
-    assert second["args"][4] == "uploads--euw1-az1--x-s3"
+    assert second["args"][6] == "uploads--euw1-az1--x-s3"
+    # It holds the gateway's write token keys, to know expired resumable writes.
+    (volume,) = job["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "gateway-s3-upload-gateway-write-keys"
+    assert first["volumeMounts"] == [
+        {"name": "write-keys", "mountPath": "/etc/s3-upload-gateway/write-keys", "readOnly": True}
+    ]
     assert first["securityContext"]["readOnlyRootFilesystem"] is True
     # The reaper's pods are no backends of the Service, nor counted by the Deployment.
     selector = only(manifests, "Service")["spec"]["selector"]
     assert not selector.items() <= job["metadata"]["labels"].items()
+
+
+def test_without_resumable_writes_the_reaper_holds_no_keys() -> None:
+    manifests = render({"resumableWrites.enabled": False}, CI / "reaper-values.yaml")
+    job = only(manifests, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    assert "--write-token-keys-file" not in job["spec"]["containers"][0]["args"]
+    assert "volumes" not in job["spec"]
 
 
 def test_reaper_needs_buckets() -> None:
@@ -519,7 +534,7 @@ def test_the_reaper_presents_its_certificate_and_token(secured: Manifests) -> No
     of reaper.token, both files of Secret volumes (no subPath: never a stale rotated file)."""
     job = reaper_pod(secured)
     first, second = job["containers"]
-    assert first["args"][:13] == [
+    assert first["args"][:15] == [
         "reap-uploads",
         "--endpoint-url",
         "https://gateway-s3-upload-gateway:50051",
@@ -531,10 +546,12 @@ def test_the_reaper_presents_its_certificate_and_token(secured: Manifests) -> No
         "/etc/s3-upload-gateway/client-cert/tls.key",
         "--token-file",
         "/etc/s3-upload-gateway/token/reaper-token",
+        "--write-token-keys-file",
+        "/etc/s3-upload-gateway/write-keys/write-keys.yaml",
         "--bucket",
         "ingest-eu",
     ]
-    assert second["args"][:12] == first["args"][:12] and second["args"][12] == "archive"
+    assert second["args"][:14] == first["args"][:14] and second["args"][14] == "archive"
     expected_mounts = [
         {"name": "gateway-ca", "mountPath": "/etc/s3-upload-gateway/ca", "readOnly": True},
         {
@@ -543,10 +560,11 @@ def test_the_reaper_presents_its_certificate_and_token(secured: Manifests) -> No
             "readOnly": True,
         },
         {"name": "token", "mountPath": "/etc/s3-upload-gateway/token", "readOnly": True},
+        {"name": "write-keys", "mountPath": "/etc/s3-upload-gateway/write-keys", "readOnly": True},
     ]
     assert first["volumeMounts"] == second["volumeMounts"] == expected_mounts
     volumes = {v["name"]: v for v in job["volumes"]}
-    assert set(volumes) == {"gateway-ca", "client-cert", "token"}
+    assert set(volumes) == {"gateway-ca", "client-cert", "token", "write-keys"}
     assert volumes["client-cert"]["secret"] == {
         "secretName": "s3-upload-gateway-reaper-cert",
         "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
@@ -586,9 +604,10 @@ def test_the_reaper_sends_its_token_over_plaintext_behind_a_mesh() -> None:
         "/etc/s3-upload-gateway/token/token",
     ]
     assert reaper["volumeMounts"] == [
-        {"name": "token", "mountPath": "/etc/s3-upload-gateway/token", "readOnly": True}
+        {"name": "token", "mountPath": "/etc/s3-upload-gateway/token", "readOnly": True},
+        {"name": "write-keys", "mountPath": "/etc/s3-upload-gateway/write-keys", "readOnly": True},
     ]
-    (volume,) = job["volumes"]
+    volume, _ = job["volumes"]
     assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
 
 
@@ -773,10 +792,11 @@ def test_the_reaper_trusts_the_gateway_ca_over_tls(everything: Manifests) -> Non
         "/etc/s3-upload-gateway/ca/ca.pem",
     ]
     assert reaper["volumeMounts"] == [
-        {"name": "gateway-ca", "mountPath": "/etc/s3-upload-gateway/ca", "readOnly": True}
+        {"name": "gateway-ca", "mountPath": "/etc/s3-upload-gateway/ca", "readOnly": True},
+        {"name": "write-keys", "mountPath": "/etc/s3-upload-gateway/write-keys", "readOnly": True},
     ]
     # Only the CA: never the gateway's private key.
-    (volume,) = job["volumes"]
+    volume, _ = job["volumes"]
     assert volume["secret"] == {
         "secretName": "uploads-gateway-tls",
         "items": [{"key": "ca.pem", "path": "ca.pem"}],

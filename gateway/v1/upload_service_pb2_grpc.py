@@ -238,7 +238,9 @@ class UploadServiceServicer:
         finished parts and aborts nothing: the caller asks QueryWriteStatus how much is persisted and
         resumes from there. The write ends with `finish`, CancelResumableWrite, or its token's expiry
         (GATEWAY_WRITE_TOKEN_TTL, 7 days by default), after which the token is refused and the
-        upload is left for reap-uploads (--older-than) to abort.
+        upload is left for reap-uploads to abort. Each write has a marker, an empty multipart upload
+        under `.s3-upload-gateway/resumable-writes/` in its bucket, by which reap-uploads (given the
+        token keys) knows it; the marker is aborted when the write ends.
 
         Resumable writes need a CRC object checksum (CRC64NVME, the default, CRC32 or CRC32C, either
         type): the gateway verifies the whole object at `finish` by combining the CRCs of parts that
