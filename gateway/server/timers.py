@@ -70,6 +70,16 @@ class IdleTimer:
         self._deadline = Deadline(self._expire)
         self._waiter: asyncio.Task[Any] | None = None
         self._expired = False
+        self._held = False
+
+    def hold(self, held: bool) -> None:
+        """While held, the caller is not idle: the stream waits on S3 for what the caller sent
+        (each such wait has its own bound). Released, a new timeout starts."""
+        if held == self._held:
+            return
+        self._held = held
+        if self._waiter is not None:
+            self._deadline.set(None if held else self._loop.time() + self.timeout)
 
     async def next(self, messages: AsyncIterator[M]) -> M | None:
         """The next message (None at the end of the stream), or :class:`ResourceExhausted`."""
@@ -77,7 +87,7 @@ class IdleTimer:
         assert task is not None
         cancelling = task.cancelling()
         self._waiter = task
-        self._deadline.set(self._loop.time() + self.timeout)
+        self._deadline.set(None if self._held else self._loop.time() + self.timeout)
         try:
             return await anext(messages, None)
         except asyncio.CancelledError:

@@ -483,9 +483,13 @@ class _Writer:
     ) -> Data | pb.FinishWrite | None:
         """The caller's next message, or None when a part in flight ends first: its progress
         (or its failure) is not held back until the caller sends again."""
+        flying = self._in_flight()
+        if idle is not None:
+            # A caller waiting for its parts to persist is not idle while S3 takes them.
+            idle.hold(bool(flying))
         if self._reading is None:
             self._reading = asyncio.ensure_future(_next(messages, idle))
-        waits: set[asyncio.Future[Any]] = {self._reading, *self._in_flight()}
+        waits: set[asyncio.Future[Any]] = {self._reading, *flying}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not self._reading.done():
             return None

@@ -7,21 +7,24 @@ the multipart upload is aborted: no part is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 
 from gateway.server.write_object import PART_ATTEMPTS
 from gateway.units import MiB
+from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.faults.conftest import LIMITS
-from tests.faults.proxy import Fault, FaultProxy, Reset, Respond, Stall
+from tests.faults.proxy import Fault, FaultProxy, Reset, Respond, Stall, Throttle
 from tests.helpers import (
     GatewayThread,
     S3Reader,
+    crc64,
     error_info,
     wait_for_async,
     write_object,
@@ -87,3 +90,68 @@ async def test_a_part_that_keeps_failing_aborts_the_upload(
     await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
     assert proxy.matching("DELETE", "uploadId")  # aborted through the same S3 client
     assert s3.client.list_objects_v2(Bucket=new_bucket).get("KeyCount") == 0
+
+
+async def test_a_caller_waiting_while_s3_takes_its_parts_is_not_idle(
+    behind_proxy: Callable[..., GatewayThread],
+    proxy: FaultProxy,
+    new_bucket: str,
+    s3: S3Reader,
+) -> None:
+    """The idle timeout bounds a caller that sends nothing while the gateway waits for it, not
+    one that waits for its parts to persist while S3 takes them slowly (every wait on S3 has its
+    own bound). Here each part takes S3 about 2.5 s, the idle timeout is 1 s, and the caller
+    sends the second part only once the first is acknowledged."""
+    gateway = behind_proxy(write_part_size=PART, write_parts_in_flight=2, idle_timeout=1.0)
+    proxy.add(Throttle(rate=2 * MiB), times=None)
+    data = os.urandom(2 * PART)
+    first_persisted = asyncio.Event()
+
+    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+        yield write_spec(new_bucket, "patient.bin", object_size=len(data))
+        for offset in range(0, PART, MiB):
+            yield pb.WriteObjectRequest(
+                data=pb.ChecksummedData(content=data[offset : offset + MiB])
+            )
+        await first_persisted.wait()
+        for offset in range(PART, len(data), MiB):
+            yield pb.WriteObjectRequest(
+                data=pb.ChecksummedData(content=data[offset : offset + MiB])
+            )
+        yield pb.WriteObjectRequest(finish=pb.FinishWrite(checksum_crc64nvme=crc64(data)))
+
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        answers = []
+        async for answer in stub.WriteObject(messages()):
+            answers.append(answer)
+            if answer.HasField("progress") and answer.progress.persisted_size >= PART:
+                first_persisted.set()
+    waited = time.monotonic() - started
+    assert answers[-1].object.parts == 2
+    assert s3.read(new_bucket, "patient.bin") == data
+    assert waited > 2 * 1.0  # the caller waited longer than the idle timeout, twice
+    assert s3.uploads(new_bucket) == []
+
+
+async def test_a_caller_idle_while_no_part_is_in_flight_is_still_cut_off(
+    behind_proxy: Callable[..., GatewayThread], new_bucket: str, s3: S3Reader
+) -> None:
+    gateway = behind_proxy(write_part_size=PART, write_parts_in_flight=2, idle_timeout=1.0)
+    held = asyncio.Event()
+
+    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+        yield write_spec(new_bucket, "idle.bin", object_size=2 * PART)
+        yield pb.WriteObjectRequest(data=pb.ChecksummedData(content=os.urandom(MiB)))
+        await held.wait()
+
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in stub.WriteObject(messages()):
+                pass
+    held.set()
+    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(ended.value).reason == "IDLE_TIMEOUT"
+    await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
