@@ -11,11 +11,13 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
-from gateway.server.write_object import PART_ATTEMPTS
+from gateway.security.write_tokens import generate_key
+from gateway.server.write_object import PART_ATTEMPTS, PART_RETRY_DELAYS
 from gateway.units import MiB
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
@@ -35,6 +37,16 @@ from tests.helpers import (
 
 PART = 5 * MiB
 STALL = LIMITS["s3_stall_timeout"]
+
+
+async def answers_of(
+    stub: pb_grpc.UploadServiceStub, messages: list[pb.WriteObjectRequest]
+) -> list[pb.WriteObjectResponse]:
+    async def stream() -> AsyncIterator[pb.WriteObjectRequest]:
+        for message in messages:
+            yield message
+
+    return [answer async for answer in stub.WriteObject(stream())]
 
 
 def part_attempts(proxy: FaultProxy, number: int) -> int:
@@ -155,3 +167,67 @@ async def test_a_caller_idle_while_no_part_is_in_flight_is_still_cut_off(
     assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(ended.value).reason == "IDLE_TIMEOUT"
     await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the upload aborted")
+
+
+async def test_a_resumable_write_whose_part_stalls_fails_in_bounded_time_and_resumes(
+    behind_proxy: Callable[..., GatewayThread],
+    proxy: FaultProxy,
+    new_bucket: str,
+    s3: S3Reader,
+    tmp_path: Path,
+) -> None:
+    """S3 stops taking a resumable write's second part on every attempt: the stream ends
+    UNAVAILABLE within the attempts' stall bounds, the first part stays persisted, and once S3
+    recovers the write resumes from it and finishes byte-identical."""
+    keys = tmp_path / "write-keys.yaml"
+    keys.write_text(f"signing: k\nkeys:\n  k: {generate_key()}\n")
+    gateway = behind_proxy(
+        write_part_size=PART, write_parts_in_flight=1, write_token_keys_file=str(keys)
+    )
+    data = os.urandom(3 * PART)
+    finish = pb.WriteObjectRequest(finish=pb.FinishWrite(checksum_crc64nvme=crc64(data)))
+
+    def resume(token: str, offset: int) -> pb.WriteObjectRequest:
+        return pb.WriteObjectRequest(resume=pb.ResumeWrite(write_token=token, write_offset=offset))
+
+    def chunks(start: int) -> list[pb.WriteObjectRequest]:
+        return [
+            pb.WriteObjectRequest(data=pb.ChecksummedData(content=data[o : o + MiB]))
+            for o in range(start, len(data), MiB)
+        ]
+
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
+        spec = write_spec(new_bucket, "stalled.bin", object_size=len(data)).spec
+        started = await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
+        # The first part goes through; the stream is cut off once S3 has it.
+        held = asyncio.Event()
+
+        async def first_part() -> AsyncIterator[pb.WriteObjectRequest]:
+            for message in [resume(started.write_token, 0), *chunks(0)[:5]]:
+                yield message
+            await held.wait()
+
+        call = stub.WriteObject(first_part())
+        async for answer in call:
+            if answer.progress.persisted_size == PART:
+                break
+        call.cancel()
+        held.set()
+        token = answer.progress.write_token
+        proxy.add(Stall(after=MiB), times=None)
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await answers_of(stub, [resume(token, PART), *chunks(PART), finish])
+        waited = time.monotonic() - began
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert part_attempts(proxy, 2) == PART_ATTEMPTS
+        # Each attempt is given up within the stall bound, plus the retry delays.
+        assert waited < PART_ATTEMPTS * STALL + sum(PART_RETRY_DELAYS) + 5
+        proxy.clear()
+        status = await stub.QueryWriteStatus(pb.QueryWriteStatusRequest(write_token=token))
+        assert status.persisted_size == PART
+        answers = await answers_of(stub, [resume(status.write_token, PART), *chunks(PART), finish])
+    assert answers[-1].object.size == len(data)
+    assert s3.read(new_bucket, "stalled.bin") == data
+    assert s3.uploads(new_bucket) == []
