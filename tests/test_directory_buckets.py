@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from gateway import checksums
 from gateway.config import Settings
 from gateway.exits import ExitCode
+from gateway.security.write_tokens import MARKER_PREFIX, WriteKeys, generate_key, marker_key
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
 from tests.backends.zonal import DOMAIN, ZonalServer
@@ -35,6 +37,7 @@ from tests.helpers import (
     part_stream,
     sample_value,
     scrape,
+    stub_for,
     upload_part_error,
 )
 
@@ -401,6 +404,42 @@ def test_reaper_works_for_general_purpose_buckets(
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
     assert moto_s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
+
+
+def test_resumable_writes_are_marked_and_reaped_in_directory_buckets(
+    zonal: ZonalServer, moto_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """A resumable write's marker is an upload of the directory bucket too, listed under a
+    prefix that ends in '/' (the only kind directory buckets take); reap-uploads aborts an
+    expired write and its marker there, and leaves a live one."""
+    keys = tmp_path / "write-keys.yaml"
+    keys.write_text(f"signing: k\nkeys:\n  k: {generate_key()}\n")
+    running = start_gateway(zonal, moto_endpoint, write_token_keys_file=str(keys))
+    try:
+        channel, stub = stub_for(running.address)
+        with channel:
+            spec = pb.WriteObjectSpec(
+                object=pb.CreateMultipartUploadRequest(bucket=bucket, key="w")
+            )
+            started = stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
+        live = WriteKeys(keys).verify(started.write_token)
+        assert {live.upload_id, live.marker_upload_id} <= set(zonal.uploads)
+        assert zonal.uploads[live.marker_upload_id].key == live.marker_key
+        signing = WriteKeys(keys).value
+        expired = zonal.add_upload(bucket, "expired", dt.timedelta(hours=1))
+        past = int(time.time()) - 60
+        stale = marker_key("k", signing.keys["k"], bucket, expired, past)
+        stale_id = zonal.add_upload(bucket, stale, dt.timedelta(hours=1))
+
+        done = reap(running.address, "--bucket", bucket, "--write-token-keys-file", str(keys))
+        assert done.returncode == 0, done.stderr
+        assert [line.split("\t")[2] for line in done.stdout.splitlines()] == [expired, stale_id]
+        assert {live.upload_id, live.marker_upload_id} <= set(zonal.uploads)
+        assert not {expired, stale_id} & set(zonal.uploads)
+        listed = [r for r in zonal.of("ListMultipartUploads") if r.query.get("prefix")]
+        assert {r.query["prefix"] for r in listed} == {MARKER_PREFIX}
+    finally:
+        running.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("value", ["24", "h", "1.5h", "-1h", "24 h"])

@@ -233,16 +233,16 @@ class ZonalServer:
             self.uploads.pop(r.query["uploadId"], None)
             return web.Response(status=204)
         if r.operation == "ListMultipartUploads":
-            return _xml(self._list_uploads(bucket))
+            return _xml(self._list_uploads(bucket, r.query.get("prefix", "")))
         return web.Response(status=501, text="not implemented by the test endpoint")
 
-    def _list_uploads(self, bucket: str) -> str:
+    def _list_uploads(self, bucket: str, prefix: str) -> str:
         entries = "".join(
             f"<Upload><Key>{escape(u.key)}</Key><UploadId>{upload_id}</UploadId>"
             f"<Initiated>{u.initiated:%Y-%m-%dT%H:%M:%S.000Z}</Initiated>"
             "<StorageClass>EXPRESS_ONEZONE</StorageClass></Upload>"
             for upload_id, u in self.uploads.items()
-            if u.bucket == bucket
+            if u.bucket == bucket and u.key.startswith(prefix)
         )
         return (
             f"<ListMultipartUploadsResult {_NS}><Bucket>{bucket}</Bucket>"
