@@ -305,6 +305,21 @@ def test_replicas_are_left_to_the_autoscaler(minimal: Manifests, everything: Man
     assert target["name"] == only(everything, "Deployment")["metadata"]["name"]
 
 
+def test_the_autoscaler_scales_on_cpu_memory_and_streams_per_pod() -> None:
+    hpa = only(chart.render([CI / "hpa-values.yaml"]), "HorizontalPodAutoscaler")["spec"]
+    cpu, memory, streams = hpa["metrics"]
+    assert cpu["resource"]["target"]["averageUtilization"] == 60
+    assert memory["resource"]["target"]["averageUtilization"] == 80
+    assert streams == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "s3gateway_inflight_streams"},
+            "target": {"type": "AverageValue", "averageValue": "20"},
+        },
+    }
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+
+
 def test_network_policy_admits_only_the_listed_peers() -> None:
     policy = only(chart.render([CI / "networkpolicy-values.yaml"]), "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
