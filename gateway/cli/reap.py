@@ -120,7 +120,7 @@ def stale_uploads(
     markers: dict[str, Upload],
 ) -> Iterator[Stale]:
     """The uploads under ``prefix`` to abort: initiated before ``cutoff``, or marked by one of
-    ``markers`` (which this leaves out, as :func:`reap` aborts them once their write is gone)."""
+    ``markers`` (which this leaves out: :func:`run` aborts them once their write is gone)."""
     marker_ids = {marker.upload_id for marker in markers.values()}
     for upload in uploads(stub, bucket, prefix):
         if upload.upload_id in marker_ids and parse_marker(upload.key) is not None:
