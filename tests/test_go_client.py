@@ -25,6 +25,7 @@ from botocore.config import Config
 
 from gateway import checksums
 from gateway.security.auth import hash_token
+from gateway.security.write_tokens import MARKER_PREFIX
 from tests.certs import CA
 from tests.helpers import GatewayThread
 from tests.toolchains import apt_install, installed
@@ -188,7 +189,9 @@ def test_a_resumable_write_continues_in_another_process(
     assert state["persisted_size"] % PART_SIZE == 0
     assert state["sent_bytes"] == 20 * MiB
     assert "Contents" not in moto_s3.list_objects_v2(Bucket=moto_bucket, Prefix=key)
-    assert len(uploads_in(moto_s3, moto_bucket)) == 1  # the write's upload, parts kept
+    # The write's upload, parts kept, and its marker (for reap-uploads).
+    keys = sorted(u["Key"] for u in uploads_in(moto_s3, moto_bucket))
+    assert len(keys) == 2 and keys[0].startswith(MARKER_PREFIX) and keys[1] == key
 
     done = run(go_client, "resume", state["write_token"], path, "--endpoint", gateway_address)
     assert done.returncode == 0, done.stderr
