@@ -79,6 +79,24 @@ class KeySet:
     signing: str
     keys: dict[str, bytes]
 
+    @classmethod
+    def of_process(cls) -> KeySet:
+        """Keys that never change: one random key of this process, for the embedded S3 (whose
+        uploads die with the process too)."""
+        return cls("process", {"process": secrets.token_bytes(MIN_KEY_BYTES)})
+
+    def sign(self, token: WriteToken) -> str:
+        return sign(token, self.signing, self.keys[self.signing])
+
+    def verify(self, text: str) -> WriteToken:
+        """The token ``text`` carries, if one of the keys signed it (:class:`TokenRejected`
+        otherwise). Expiry and principal are the caller's to check."""
+        return verify(text, self.keys)
+
+    def mark(self, bucket: str, upload_id: str, expires: int) -> str:
+        """The marker key of a write (:func:`marker_key`), signed with the signing key."""
+        return marker_key(self.signing, self.keys[self.signing], bucket, upload_id, expires)
+
 
 def generate_key() -> str:
     """A new key for the key file: 32 random bytes, base64."""
@@ -199,7 +217,7 @@ def principal_digest(principal: str) -> str:
 
 
 class Signer(Protocol):
-    """What signs and verifies tokens: :class:`WriteKeys`, or :class:`FixedKeys`."""
+    """What signs and verifies tokens: :class:`WriteKeys`, or a fixed :class:`KeySet`."""
 
     def sign(self, token: WriteToken) -> str: ...
 
@@ -208,27 +226,9 @@ class Signer(Protocol):
     def mark(self, bucket: str, upload_id: str, expires: int) -> str: ...
 
 
-class FixedKeys:
-    """Keys that never change: one random key of this process, for the embedded S3 (whose
-    uploads die with the process too)."""
-
-    def __init__(self, keys: KeySet | None = None) -> None:
-        self.keys = keys or KeySet("process", {"process": secrets.token_bytes(MIN_KEY_BYTES)})
-
-    def sign(self, token: WriteToken) -> str:
-        return sign(token, self.keys.signing, self.keys.keys[self.keys.signing])
-
-    def verify(self, text: str) -> WriteToken:
-        return verify(text, self.keys.keys)
-
-    def mark(self, bucket: str, upload_id: str, expires: int) -> str:
-        signing = self.keys.signing
-        return marker_key(signing, self.keys.keys[signing], bucket, upload_id, expires)
-
-
 class WriteKeys(watch.WatchedFile[KeySet]):
     """The key file at ``path``, loaded now and read again when it changes
-    (:class:`gateway.watch.WatchedFile`); signs and verifies tokens."""
+    (:class:`gateway.watch.WatchedFile`); signs and verifies tokens with the keys in force."""
 
     def __init__(
         self,
@@ -251,18 +251,13 @@ class WriteKeys(watch.WatchedFile[KeySet]):
         )
 
     def sign(self, token: WriteToken) -> str:
-        keys = self.value
-        return sign(token, keys.signing, keys.keys[keys.signing])
+        return self.value.sign(token)
 
     def verify(self, text: str) -> WriteToken:
-        """The token ``text`` carries, if a key of the file signed it (:class:`TokenRejected`
-        otherwise). Expiry and principal are the caller's to check."""
-        return verify(text, self.value.keys)
+        return self.value.verify(text)
 
     def mark(self, bucket: str, upload_id: str, expires: int) -> str:
-        """The marker key of a write (:func:`marker_key`), signed with the signing key."""
-        keys = self.value
-        return marker_key(keys.signing, keys.keys[keys.signing], bucket, upload_id, expires)
+        return self.value.mark(bucket, upload_id, expires)
 
 
 def sign(token: WriteToken, kid: str, key: bytes) -> str:

@@ -34,7 +34,7 @@ from gateway.config import ConfigError, Settings, listens_on_loopback
 from gateway.logs import FIELDS, cap_header_loggers
 from gateway.security.guard import Guard
 from gateway.security.tls import ServerTLS
-from gateway.security.write_tokens import FixedKeys, Signer, WriteKeys
+from gateway.security.write_tokens import KeySet, Signer, WriteKeys
 from gateway.server.admission import Admission
 from gateway.server.embedded import EMBEDDED_CREDENTIALS, embedded_s3, wanted
 from gateway.server.metrics import Metrics, MetricsInterceptor
@@ -138,7 +138,7 @@ class Gateway:
             self.metrics.watch("write_token_keys", keys)
             return keys
         if embedded:
-            return FixedKeys()
+            return KeySet.of_process()
         return None
 
     def _watch_files(self, guard: Guard) -> None:
