@@ -51,7 +51,7 @@ from gateway.security.write_tokens import (
 from gateway.server import validate
 from gateway.server.metrics import Metrics
 from gateway.server.s3 import S3
-from gateway.server.write_object import ABORT_TIMEOUT, MAX_PARTS, WritePlan, admit_spec
+from gateway.server.write_object import MAX_PARTS, WritePlan, abort_upload, admit_spec
 from gateway.v1 import upload_service_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -399,16 +399,12 @@ async def create_upload(s3: S3, spec: pb.WriteObjectSpec, plan: WritePlan, calle
 
 
 async def _abort_quietly(s3: S3, params: dict[str, Any], caller: str, what: str) -> None:
-    """AbortMultipartUpload, within :data:`ABORT_TIMEOUT`; a failure is logged, not raised (an
-    upload that is gone already is no failure)."""
-    try:
-        async with asyncio.timeout(ABORT_TIMEOUT):
-            await s3.call("AbortMultipartUpload", params, caller=caller)
-    except S3Error as error:
-        if error.reason not in _GONE:
-            log.warning("could not abort a resumable write's %s: %s", what, error)
-    except (GatewayError, TimeoutError) as error:
-        log.warning("could not abort a resumable write's %s: %s", what, error)
+    """:func:`abort_upload`, a failure logged, not raised (an upload that is gone already is no
+    failure)."""
+    error = await abort_upload(s3, params, caller)
+    if error is None or (isinstance(error, S3Error) and error.reason in _GONE):
+        return
+    log.warning("could not abort a resumable write's %s: %s", what, error)
 
 
 def _bucket_params(spec: pb.WriteObjectSpec, operation: str) -> dict[str, Any]:

@@ -763,14 +763,25 @@ class _Writer:
 
     async def _abort(self, upload_id: str) -> None:
         params = {**self._object_parameters("AbortMultipartUpload"), "UploadId": upload_id}
-        try:
-            async with asyncio.timeout(ABORT_TIMEOUT):
-                await self._s3.call("AbortMultipartUpload", params, caller=self._caller)
-        except (GatewayError, TimeoutError) as error:
+        error = await abort_upload(self._s3, params, self._caller)
+        if error is not None:
             log.error(
                 "could not abort the upload of an abandoned WriteObject: %s", error,
                 extra={"upload_id": upload_id},
             )  # fmt: skip
+
+
+async def abort_upload(
+    s3: S3, params: dict[str, Any], caller: str
+) -> GatewayError | TimeoutError | None:
+    """AbortMultipartUpload within :data:`ABORT_TIMEOUT`; its failure, for the caller to log,
+    or None."""
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            await s3.call("AbortMultipartUpload", params, caller=caller)
+    except (GatewayError, TimeoutError) as error:
+        return error
+    return None
 
 
 async def _read_first(
