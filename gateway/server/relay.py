@@ -235,10 +235,7 @@ class PartBody:
             chunk, self._leftover = self._leftover[:size], self._leftover[size:]
         self.released += len(chunk)
         if self._watch is not None:
-            if chunk:
-                self._watch.handed()
-            else:
-                self._watch.sent()
+            self._watch.gave(len(chunk))
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -320,10 +317,7 @@ class HeldBody:
         chunk = self._view[self._offset : end]
         self._offset += len(chunk)
         if self._watch is not None:
-            if chunk:
-                self._watch.handed()
-            else:
-                self._watch.sent()
+            self._watch.gave(len(chunk))
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:

@@ -164,6 +164,13 @@ class SendWatch:
         """The whole body has been handed over; aiohttp's read timeout takes it from here."""
         self._deadline.set(None)
 
+    def gave(self, size: int) -> None:
+        """The body's read returned ``size`` bytes: :meth:`handed`, or :meth:`sent` at the end."""
+        if size:
+            self.handed()
+        else:
+            self.sent()
+
     def fail(self, error: GatewayError) -> None:
         """The body aborts the request for ``error``."""
         self.failure = error
