@@ -458,6 +458,35 @@ async def write_object(
     return [response async for response in stub.WriteObject(write_messages(first, data, finish))]
 
 
+def resume_write(token: str, offset: int) -> pb.WriteObjectRequest:
+    """The first message of a WriteObject stream that continues a resumable write."""
+    return pb.WriteObjectRequest(resume=pb.ResumeWrite(write_token=token, write_offset=offset))
+
+
+async def send_until_persisted(
+    stub: Any, first: pb.WriteObjectRequest, data: bytes, persisted: int
+) -> str:
+    """Stream ``data`` after ``first`` and cancel once ``persisted`` bytes are committed; the
+    token of the last progress."""
+    held = asyncio.Event()
+
+    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
+        async for message in write_messages(first, data, None):
+            yield message
+        await held.wait()  # no finish: the stream is cut off
+
+    call = stub.WriteObject(messages())
+    token = ""
+    async for response in call:
+        if response.HasField("progress"):
+            token = response.progress.write_token or token
+            if response.progress.persisted_size >= persisted:
+                break
+    call.cancel()
+    held.set()
+    return token
+
+
 async def write_refused(
     address: str,
     messages: Iterable[pb.WriteObjectRequest],

@@ -4,7 +4,6 @@ token's defences."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,9 +37,13 @@ from tests.helpers import (
     crc64,
     error_info,
     metric,
+    resume_write,
+    send_until_persisted,
     wait_for_async,
+    write_object,
     write_refused,
     write_spec,
+    write_stream,
     write_tokens,
 )
 
@@ -76,51 +79,11 @@ async def _start(stub: Stub, bucket: str, key: str, **fields: Any) -> str:
     return token
 
 
-def _data(content: bytes) -> Iterator[pb.WriteObjectRequest]:
-    for offset in range(0, len(content), MiB):
-        chunk = content[offset : offset + MiB]
-        yield pb.WriteObjectRequest(data=pb.ChecksummedData(content=chunk))
-
-
-def _resume(token: str, offset: int) -> pb.WriteObjectRequest:
-    return pb.WriteObjectRequest(resume=pb.ResumeWrite(write_token=token, write_offset=offset))
-
-
-async def _send_until_persisted(
-    stub: Stub, first: pb.WriteObjectRequest, data: bytes, persisted: int
-) -> str:
-    """Stream ``data`` after ``first`` and cancel once ``persisted`` bytes are committed; the
-    token of the last progress."""
-    held = asyncio.Event()
-
-    async def messages() -> AsyncIterator[pb.WriteObjectRequest]:
-        yield first
-        for message in _data(data):
-            yield message
-        await held.wait()  # no finish: the stream is cut off
-
-    call = stub.WriteObject(messages())
-    token = ""
-    async for response in call:
-        if response.HasField("progress"):
-            token = response.progress.write_token or token
-            if response.progress.persisted_size >= persisted:
-                break
-    call.cancel()
-    return token
-
-
 async def _finish(
     stub: Stub, first: pb.WriteObjectRequest, data: bytes, whole: bytes
 ) -> pb.WrittenObject:
-    finish = pb.WriteObjectRequest(finish=pb.FinishWrite(checksum_crc64nvme=crc64(whole)))
-    messages = [first, *_data(data), finish]
-
-    async def stream() -> AsyncIterator[pb.WriteObjectRequest]:
-        for message in messages:
-            yield message
-
-    answers = [r async for r in stub.WriteObject(stream())]
+    finish = pb.FinishWrite(checksum_crc64nvme=crc64(whole))
+    answers = await write_object(stub, first, data, finish)
     return answers[-1].object
 
 
@@ -129,13 +92,15 @@ async def test_a_write_cut_off_resumes_from_the_persisted_size(
 ) -> None:
     data = os.urandom(3 * PART + 1234)
     token = await _start(stub, new_bucket, "resumed.bin", object_size=len(data))
-    token = await _send_until_persisted(stub, _resume(token, 0), data[: 2 * PART + MiB], 2 * PART)
+    token = await send_until_persisted(
+        stub, resume_write(token, 0), data[: 2 * PART + MiB], 2 * PART
+    )
     assert token
 
     status = await stub.QueryWriteStatus(pb.QueryWriteStatusRequest(write_token=token))
     assert status.persisted_size == 2 * PART
     offset = status.persisted_size
-    written = await _finish(stub, _resume(status.write_token, offset), data[offset:], data)
+    written = await _finish(stub, resume_write(status.write_token, offset), data[offset:], data)
 
     assert s3.read(new_bucket, "resumed.bin") == data
     assert (written.size, written.parts) == (len(data), 4)
@@ -153,16 +118,16 @@ async def test_a_wrong_offset_is_refused_with_the_persisted_size(
 ) -> None:
     data = os.urandom(2 * PART)
     token = await _start(stub, new_bucket, "offset.bin")
-    token = await _send_until_persisted(stub, _resume(token, 0), data, PART)
+    token = await send_until_persisted(stub, resume_write(token, 0), data, PART)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _finish(stub, _resume(token, 3), b"", data)
+        await _finish(stub, resume_write(token, 3), b"", data)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(refused.value)
     assert info.reason == "WRITE_OFFSET_MISMATCH"
     persisted = int(info.metadata["persistedSize"])
     assert persisted >= PART
     # The metadata is enough to resync in one round trip.
-    resumed = _resume(info.metadata["writeToken"], persisted)
+    resumed = resume_write(info.metadata["writeToken"], persisted)
     written = await _finish(stub, resumed, data[persisted:], data)
     assert written.size == len(data)
 
@@ -172,8 +137,8 @@ async def test_a_finish_repeated_after_a_lost_answer_returns_the_same_object(
 ) -> None:
     data = os.urandom(PART + 10)
     token = await _start(stub, new_bucket, "twice.bin")
-    first = await _finish(stub, _resume(token, 0), data, data)
-    again = await _finish(stub, _resume(token, len(data)), b"", data)
+    first = await _finish(stub, resume_write(token, 0), data, data)
+    again = await _finish(stub, resume_write(token, len(data)), b"", data)
     etag = s3.client.head_object(Bucket=new_bucket, Key="twice.bin")["ETag"]
     assert first.etag in (etag, "")  # Ceph RGW 16 answers Complete without an ETag
     assert (again.etag, again.size, again.parts) == (etag, first.size, first.parts)
@@ -187,7 +152,7 @@ async def test_a_small_resumable_write_is_one_put(
     stub: Stub, new_bucket: str, s3: S3Reader
 ) -> None:
     token = await _start(stub, new_bucket, "small.bin")
-    written = await _finish(stub, _resume(token, 0), b"tiny", b"tiny")
+    written = await _finish(stub, resume_write(token, 0), b"tiny", b"tiny")
     assert (written.size, written.parts) == (4, 0)
     assert s3.read(new_bucket, "small.bin") == b"tiny"
     await wait_for_async(lambda: s3.uploads(new_bucket) == [], "the unneeded upload aborted")
@@ -266,7 +231,7 @@ async def test_tampered_and_expired_tokens_are_refused_before_s3(
                 assert error_info(refused.value).reason == reason
             # grpc's synchronous API: grpc.aio may report the early answer as INTERNAL
             # (grpc/grpc#36066).
-            stream = [_resume(text, 0), *_data(b"x"), pb.WriteObjectRequest(finish={})]
+            stream = write_stream(resume_write(text, 0), b"x", pb.FinishWrite())
             error = await write_refused(gateway.address, stream)
             assert (error.code(), error_info(error).reason) == (code, reason)
     assert calls == []
@@ -367,7 +332,7 @@ async def test_a_write_is_marked_while_it_lasts(
     assert marker.signed(WriteKeys(keys_file).value.keys, new_bucket)
     assert not marker.signed(WriteKeys(keys_file).value.keys, new_bucket + "-other")
     assert (marker.expires, marker.upload) == (write.expires, upload_digest(write.upload_id))
-    await _finish(stub, _resume(token, 0), data, data)
+    await _finish(stub, resume_write(token, 0), data, data)
     assert _listed(s3, new_bucket) == {}
 
 
@@ -440,7 +405,7 @@ async def test_reap_uploads_aborts_expired_writes_and_only_those(
         lines, _ = _reap(gateway, new_bucket, *age)
         assert lines == []
 
-    written = await _finish(stub, _resume(live_token, 0), data, data)
+    written = await _finish(stub, resume_write(live_token, 0), data, data)
     assert written.size == len(data)
     assert sorted(_listed(s3, new_bucket).values()) == sorted([forged, elsewhere, "plain.bin"])
 

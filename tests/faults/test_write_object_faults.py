@@ -28,6 +28,8 @@ from tests.helpers import (
     S3Reader,
     crc64,
     error_info,
+    resume_write,
+    send_until_persisted,
     wait_for_async,
     write_object,
     write_refused,
@@ -37,16 +39,6 @@ from tests.helpers import (
 
 PART = 5 * MiB
 STALL = LIMITS["s3_stall_timeout"]
-
-
-async def answers_of(
-    stub: pb_grpc.UploadServiceStub, messages: list[pb.WriteObjectRequest]
-) -> list[pb.WriteObjectResponse]:
-    async def stream() -> AsyncIterator[pb.WriteObjectRequest]:
-        for message in messages:
-            yield message
-
-    return [answer async for answer in stub.WriteObject(stream())]
 
 
 def part_attempts(proxy: FaultProxy, number: int) -> int:
@@ -185,40 +177,18 @@ async def test_a_resumable_write_whose_part_stalls_fails_in_bounded_time_and_res
         write_part_size=PART, write_parts_in_flight=1, write_token_keys_file=str(keys)
     )
     data = os.urandom(3 * PART)
-    finish = pb.WriteObjectRequest(finish=pb.FinishWrite(checksum_crc64nvme=crc64(data)))
-
-    def resume(token: str, offset: int) -> pb.WriteObjectRequest:
-        return pb.WriteObjectRequest(resume=pb.ResumeWrite(write_token=token, write_offset=offset))
-
-    def chunks(start: int) -> list[pb.WriteObjectRequest]:
-        return [
-            pb.WriteObjectRequest(data=pb.ChecksummedData(content=data[o : o + MiB]))
-            for o in range(start, len(data), MiB)
-        ]
-
+    finish = pb.FinishWrite(checksum_crc64nvme=crc64(data))
     async with grpc.aio.insecure_channel(gateway.address) as channel:
         stub = pb_grpc.UploadServiceStub(channel)  # type: ignore[call-overload]
         spec = write_spec(new_bucket, "stalled.bin", object_size=len(data)).spec
         started = await stub.StartResumableWrite(pb.StartResumableWriteRequest(spec=spec))
         # The first part goes through; the stream is cut off once S3 has it.
-        held = asyncio.Event()
-
-        async def first_part() -> AsyncIterator[pb.WriteObjectRequest]:
-            for message in [resume(started.write_token, 0), *chunks(0)[:5]]:
-                yield message
-            await held.wait()
-
-        call = stub.WriteObject(first_part())
-        async for answer in call:
-            if answer.progress.persisted_size == PART:
-                break
-        call.cancel()
-        held.set()
-        token = answer.progress.write_token
+        first = resume_write(started.write_token, 0)
+        token = await send_until_persisted(stub, first, data[:PART], PART)
         proxy.add(Stall(after=MiB), times=None)
         began = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await answers_of(stub, [resume(token, PART), *chunks(PART), finish])
+            await write_object(stub, resume_write(token, PART), data[PART:], finish)
         waited = time.monotonic() - began
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert part_attempts(proxy, 2) == PART_ATTEMPTS
@@ -228,7 +198,8 @@ async def test_a_resumable_write_whose_part_stalls_fails_in_bounded_time_and_res
         # The last progress token vouches for part 1 (moto and Ceph RGW list no part checksums).
         status = await stub.QueryWriteStatus(pb.QueryWriteStatusRequest(write_token=token))
         assert status.persisted_size == PART
-        answers = await answers_of(stub, [resume(status.write_token, PART), *chunks(PART), finish])
+        resumed = resume_write(status.write_token, PART)
+        answers = await write_object(stub, resumed, data[PART:], finish)
     assert answers[-1].object.size == len(data)
     assert s3.read(new_bucket, "stalled.bin") == data
     assert s3.uploads(new_bucket) == []
