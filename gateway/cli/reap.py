@@ -42,18 +42,16 @@ import grpc
 
 from gateway.cli.connection import add_caller_parser, add_connection_options, open_channel
 from gateway.client import status_details
-from gateway.config import ConfigError
 from gateway.exits import ClientConfigError, CommandError, ExitCode, UsageError
 from gateway.security.write_tokens import (
     MARKER_PREFIX,
-    MAX_KEY_FILE_SIZE,
-    parse_keys,
+    WriteKeys,
+    WriteKeysError,
     parse_marker,
     upload_digest,
 )
 from gateway.v1 import upload_service_pb2 as pb
 from gateway.v1 import upload_service_pb2_grpc as pb_grpc
-from gateway.watch import read_capped
 
 #: The variable naming the write token key file, as for the gateway.
 KEYS_ENV = "GATEWAY_WRITE_TOKEN_KEYS_FILE"
@@ -123,7 +121,7 @@ def stale_uploads(
     ``markers`` (which this leaves out: :func:`run` aborts them once their write is gone)."""
     marker_ids = {marker.upload_id for marker in markers.values()}
     for upload in uploads(stub, bucket, prefix):
-        if upload.upload_id in marker_ids and parse_marker(upload.key) is not None:
+        if upload.upload_id in marker_ids:
             continue
         if upload_digest(upload.upload_id) in markers:
             yield Stale(upload, "expired write")
@@ -233,9 +231,8 @@ def _keys(path: str | None) -> dict[str, bytes] | None:
     if path is None:
         return None
     try:
-        _, text = read_capped(path, MAX_KEY_FILE_SIZE, what="write token key file")
-        return parse_keys(text, path).keys
-    except ConfigError as exc:
+        return WriteKeys(path).value.keys
+    except WriteKeysError as exc:
         raise ClientConfigError(str(exc)) from None
 
 
